@@ -1,0 +1,11 @@
+"""gemlora's root: the `gemlora` command line, where things live on disk, the base-model catalogue.
+
+The four product packages are `data`, `train`, `adapters` and `serve`; this one only ties them
+together and must stay import-light (no torch at import time).
+"""
+
+from gemlora.bases import BaseSpec, load_catalogue, resolve_base
+from gemlora.paths import gemlora_home, models_dir
+
+__version__ = "0.1.0"
+__all__ = ["BaseSpec", "__version__", "gemlora_home", "load_catalogue", "models_dir", "resolve_base"]

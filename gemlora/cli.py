@@ -1,0 +1,25 @@
+"""The `gemlora` command. Each package contributes one sub-command group from its own `cli.py`;
+this module only mounts them, so `gemlora --help` stays fast (torch loads on first use)."""
+
+import typer
+
+from data.cli import app as data_app
+from train.bases.cli import app as models_app
+
+app = typer.Typer(
+    name="gemlora",
+    help="LoRA fine-tuning and adapter serving for Gemma 3.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(models_app, name="models", help="Build and list the local Gemma 3 bases.")
+app.add_typer(data_app, name="data", help="Validate and preview chat datasets.")
+
+
+@app.command()
+def version() -> None:
+    """Print gemlora's version."""
+    from gemlora import __version__
+
+    typer.echo(__version__)
