@@ -1,10 +1,223 @@
-"""`gemlora data validate|preview` (placeholder until the data package lands)."""
+"""`gemlora data validate|preview|split|samples`.
+
+Everything heavy (transformers, datasets, PIL) is imported inside the commands, so that
+`gemlora --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from data.example import DatasetError, Problem
+from data.formats.common import DatasetFormat
+from data.tokens import OverlongPolicy
 
 app = typer.Typer(no_args_is_help=True)
+console = Console(highlight=False)
+
+DEFAULT_PREVIEW_MODEL = "gemma-3-270m"
+
+FileArgument = Annotated[
+    Path, typer.Argument(help="A JSONL/JSON file, parquet file or dataset dir.")
+]
+FormatOption = Annotated[
+    DatasetFormat | None,
+    typer.Option("--format", "-f", help="openai, hf or sharegpt (default: detected)."),
+]
+MaxImagesOption = Annotated[int, typer.Option(help="Most images one example may have.")]
+AllowRemoteOption = Annotated[
+    bool, typer.Option(help="Fetch https image URLs (under the SSRF policy); off by default.")
+]
 
 
 @app.callback()
 def callback() -> None:
     """Validate and preview chat datasets."""
+
+
+@app.command()
+def validate(
+    file: FileArgument,
+    format: FormatOption = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Base whose processor measures token lengths."),
+    ] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="Most tokens per example (default: the base's context).")
+    ] = None,
+    overlong: Annotated[
+        OverlongPolicy, typer.Option(help="Over-long examples: refuse (error) or drop (warning).")
+    ] = "refuse",
+    max_images: MaxImagesOption = 8,
+    allow_remote: AllowRemoteOption = False,
+    strict: Annotated[bool, typer.Option(help="Stop at the first error.")] = False,
+) -> None:
+    """Check a dataset and report counts, token lengths, images and every problem.
+
+    Exits 1 when there is any error.
+    """
+    from data.report import validate_dataset
+
+    options = _read_options(max_images, allow_remote, strict)
+    try:
+        report = validate_dataset(
+            file, format, options=options, model=model, max_length=max_length, overlong=overlong
+        )
+    except DatasetError as error:
+        _print_problems(error.problems)
+        raise typer.Exit(1) from None
+    except LookupError as error:
+        raise typer.BadParameter(str(error), param_hint="--model") from None
+    _print_summary(report)
+    _print_problems(report.problems)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def preview(
+    file: FileArgument,
+    n: Annotated[int, typer.Option("-n", help="How many examples to show.")] = 3,
+    format: FormatOption = None,
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="Base whose chat template and processor render the examples."
+        ),
+    ] = DEFAULT_PREVIEW_MODEL,
+    max_images: MaxImagesOption = 8,
+    allow_remote: AllowRemoteOption = False,
+) -> None:
+    """Print the first valid examples exactly as the model will see them.
+
+    The base's chat template is rendered and tokenized by its processor, images expanded to
+    their tokens, and the token ids decoded back to text.
+    """
+    from data.reader import read_dataset
+    from data.tokens import TokenCounter
+
+    try:
+        read = read_dataset(
+            file, format, options=_read_options(max_images, allow_remote, False), limit=n
+        )
+        counter = TokenCounter(model)
+    except DatasetError as error:
+        _print_problems(error.problems)
+        raise typer.Exit(1) from None
+    except LookupError as error:
+        raise typer.BadParameter(str(error), param_hint="--model") from None
+    if any(example.images for example in read.examples) and not counter.multimodal:
+        console.print(
+            f"[red]{counter.name} is a text-only base and these examples have images: "
+            "pass --model with a multimodal base (e.g. tiny-gemma-3-mm or gemma-3-4b-it)[/]"
+        )
+        raise typer.Exit(1)
+    for example in read.examples:
+        ids = counter.encode(example)
+        images = len(example.images)
+        console.rule(f"{example.source} · {len(ids)} tokens · {images} image{'s' * (images != 1)}")
+        typer.echo(counter.tokenizer.decode(ids, skip_special_tokens=False))
+    if read.errors:
+        console.print(f"[yellow]{len(read.errors)} invalid records skipped (see `validate`)[/]")
+    if not read.examples:
+        raise typer.Exit(1)
+
+
+@app.command()
+def split(
+    file: Annotated[Path, typer.Argument(help="A JSON Lines dataset.")],
+    eval_fraction: Annotated[float, typer.Option(help="Share of examples for eval.")] = 0.1,
+    seed: Annotated[str, typer.Option(help="Changes which examples go to eval.")] = "",
+    format: FormatOption = None,
+    allow_remote: AllowRemoteOption = False,
+) -> None:
+    """Split a JSON Lines dataset into FILE-train.jsonl and FILE-eval.jsonl by example content.
+
+    The files are written next to FILE, so relative image paths keep working; invalid records
+    go to neither. Appending records never moves an existing one to the other side.
+    """
+    from data.reader import read_dataset
+    from data.split import split_examples
+
+    try:
+        read = read_dataset(file, format, options=_read_options(8, allow_remote, False))
+    except DatasetError as error:
+        _print_problems(error.problems)
+        raise typer.Exit(1) from None
+    if any(example.source is None or example.source.line is None for example in read.examples):
+        raise typer.BadParameter(
+            "split writes JSON Lines: give a JSON Lines file", param_hint="FILE"
+        )
+    halves = split_examples(read.examples, eval_fraction, seed=seed)
+    for side, examples in (("train", halves.train), ("eval", halves.eval)):
+        out = file.with_name(f"{file.stem}-{side}.jsonl")
+        _copy_lines(file, out, {example.source.line for example in examples})
+        console.print(f"{side}: {len(examples)} examples -> {out}")
+    _print_problems(read.problems)
+
+
+@app.command()
+def samples(
+    out: Annotated[Path | None, typer.Option(help="Directory to write into.")] = None,
+) -> None:
+    """Write the sample datasets (shapes-vqa, style-chat); the same bytes every run."""
+    from data.sample_sets import SAMPLES_DIR, write_samples
+
+    target = out or SAMPLES_DIR
+    for name, counts in write_samples(target).items():
+        console.print(f"{name}: {counts['train']} train, {counts['eval']} eval -> {target / name}")
+
+
+def _read_options(max_images: int, allow_remote: bool, strict: bool):
+    from data.reader import ReadOptions
+    from data.remote import ImageFetcher
+
+    fetcher = ImageFetcher() if allow_remote else None
+    return ReadOptions(max_images=max_images, fetcher=fetcher, strict=strict)
+
+
+def _print_summary(report) -> None:
+    read = report.read
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("file", f"{read.path} ({read.format})")
+    rejected = read.records - len(read.examples)
+    left_out = len(read.examples) - len(report.examples)
+    table.add_row(
+        "examples",
+        f"{len(report.examples)} usable of {read.records} records "
+        f"({rejected} invalid, {left_out} over-long)",
+    )
+    stats = report.length_stats()
+    if stats:
+        table.add_row(
+            "tokens",
+            f"min {stats.min}, median {stats.median}, p95 {stats.p95}, max {stats.max} "
+            f"(max length {report.max_length}, {report.model})",
+        )
+    elif report.model is None:
+        table.add_row("tokens", "not measured: pass --model (e.g. --model gemma-3-270m)")
+    per_example = ", ".join(f"{n}: {count}" for n, count in report.images_per_example().items())
+    table.add_row("images/example", per_example or "-")
+    table.add_row("problems", f"{len(report.errors)} errors, {len(report.warnings)} warnings")
+    console.print(table)
+
+
+def _print_problems(problems: list[Problem]) -> None:
+    for problem in problems:
+        colour = "red" if problem.severity == "error" else "yellow"
+        console.print(str(problem), style=colour, markup=False, soft_wrap=True)
+
+
+def _copy_lines(source: Path, target: Path, lines: set[int]) -> None:
+    with source.open("rb") as reader, target.open("wb") as writer:
+        for number, line in enumerate(reader, start=1):
+            if number in lines:
+                writer.write(line if line.endswith(b"\n") else line + b"\n")

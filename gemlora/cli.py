@@ -23,3 +23,7 @@ def version() -> None:
     from gemlora import __version__
 
     typer.echo(__version__)
+
+
+if __name__ == "__main__":
+    app()

@@ -41,17 +41,23 @@ class BuildResult:
     built: bool  # False when the model already existed and nothing was done
 
 
-def build_model(name: str, *, force: bool = False, method: str = "gptq") -> BuildResult:
-    """Build one local base by catalogue name. `method` applies to the quantized base."""
+def build_model(name: str, *, force: bool = False, method: str | None = None) -> BuildResult:
+    """Build one local base by catalogue name; a no-op when it is already built.
+
+    `method` (`gptq` or `rtn`) applies to the quantized base: None accepts whatever is built and
+    builds with GPTQ otherwise; a method that differs from the built one rebuilds.
+    """
     builders: dict[str, Callable[[Path], dict]] = {
         "gemma-3-270m": _build_gemma_270m,
-        "gemma-3-270m-w4a16": lambda out: _build_w4a16(out, method),
+        "gemma-3-270m-w4a16": lambda out: _build_w4a16(out, method or "gptq"),
         "tiny-gemma-3-mm": _build_tiny_mm,
     }
     if name not in builders:
         raise KeyError(f"no local build for {name!r}; buildable: {', '.join(builders)}")
     target = models_dir() / name
-    if (target / MANIFEST).is_file() and not force:
+    manifest = read_manifest(target)
+    built_method = (manifest or {}).get("quantization", {}).get("method")
+    if manifest and not force and (method is None or built_method in (None, method)):
         return BuildResult(name, target, built=False)
     staging = target.with_name(f".{name}.building")
     shutil.rmtree(staging, ignore_errors=True)
@@ -175,6 +181,7 @@ def _build_tiny_mm(out: Path) -> dict:
     torch.manual_seed(TINY_SEED)
     model = Gemma3ForConditionalGeneration(config).to(torch.bfloat16).eval()
     _set_generation_config(model)
+    config.architectures = ["Gemma3ForConditionalGeneration"]
     config.save_pretrained(out)
     model.generation_config.save_pretrained(out)
     state = {_published_name(k): v.contiguous() for k, v in model.state_dict().items()}

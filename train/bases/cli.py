@@ -16,9 +16,12 @@ def build(
     ] = None,
     force: Annotated[bool, typer.Option(help="Rebuild even if already built.")] = False,
     method: Annotated[
-        str,
-        typer.Option(help="Quantization for gemma-3-270m-w4a16: gptq (calibrated) or rtn (fast)."),
-    ] = "gptq",
+        str | None,
+        typer.Option(
+            help="Quantization for gemma-3-270m-w4a16: gptq (calibrated, ~7 min on CPU) or rtn "
+            "(round-to-nearest, seconds). Default: keep what is built, else gptq."
+        ),
+    ] = None,
 ) -> None:
     """Build local Gemma 3 bases into $GEMLORA_HOME/models (a no-op for built ones)."""
     from train.bases.build import build_model, buildable_models

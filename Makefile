@@ -1,0 +1,30 @@
+# gemlora: `make demo` shows the platform, `make test` proves it.
+PY := .venv/bin/python
+GEMLORA := .venv/bin/gemlora
+
+.PHONY: install models data lint test test-fast clean help
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+install:  ## create .venv (CPU or GPU stack) and .venv-quant; a no-op when up to date
+	@bash scripts/install.sh
+
+models: install  ## build the local Gemma 3 bases into $$GEMLORA_HOME/models
+	$(GEMLORA) models build
+
+data: install  ## generate the sample datasets in data/samples/
+	$(PY) -m data.samples
+
+lint: install  ## ruff
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+test: install  ## the whole test suite (real MLflow, real vLLM engines; ~20 min on 2 cores)
+	$(PY) -m pytest
+
+test-fast: install  ## tests that need no vLLM engine
+	$(PY) -m pytest -m "not engine"
+
+clean:  ## remove environments and caches in the tree (not $$GEMLORA_HOME)
+	rm -rf .venv .venv-quant .pytest_cache .ruff_cache *.egg-info

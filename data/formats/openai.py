@@ -1,0 +1,97 @@
+"""OpenAI chat fine-tuning JSONL: `{"messages": [{"role", "content", "weight"?}, ...]}`.
+
+Content is a string or a list of `{"type": "text", "text"}` and
+`{"type": "image_url", "image_url": {"url"}}` parts; the URL is https, a `data:` URL or a path
+relative to the dataset file. `weight` (0 or 1) on an assistant turn says whether to train on it.
+"""
+
+from __future__ import annotations
+
+from data.example import Part, Role
+from data.formats.common import (
+    MISSING,
+    Draft,
+    RecordError,
+    require_dict,
+    require_list,
+    require_str,
+    text_parts,
+    type_name,
+)
+from data.images import ImageRef
+
+ROLES: dict[str, Role] = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+}
+UNSUPPORTED_RECORD_KEYS = ("tools", "functions")
+UNSUPPORTED_MESSAGE_KEYS = ("tool_calls", "function_call")
+
+
+def convert(record: dict) -> Draft:
+    for key in UNSUPPORTED_RECORD_KEYS:
+        if record.get(key):
+            raise RecordError(key, "tool and function definitions are not supported")
+    messages = require_list(record.get("messages", MISSING), "messages")
+    draft = Draft()
+    for index, raw in enumerate(messages):
+        _add_message(draft, require_dict(raw, f"messages[{index}]"), f"messages[{index}]")
+    return draft
+
+
+def _add_message(draft: Draft, message: dict, field: str) -> None:
+    role = _role(message, field)
+    for key in UNSUPPORTED_MESSAGE_KEYS:
+        if message.get(key):
+            raise RecordError(f"{field}.{key}", "tool and function calls are not supported")
+    if message.get("name") is not None:
+        draft.warn(f"{field}.name", "ignored: the Gemma 3 chat template has no speaker names")
+    content = _content(draft, message.get("content", MISSING), f"{field}.content")
+    draft.add_message(role, content, _weight(message, role, field))
+
+
+def _role(message: dict, field: str) -> Role:
+    role = require_str(message.get("role", MISSING), f"{field}.role")
+    if role not in ROLES:
+        raise RecordError(
+            f"{field}.role", f"unsupported role {role!r} (expected system, user or assistant)"
+        )
+    return ROLES[role]
+
+
+def _weight(message: dict, role: Role, field: str) -> int | None:
+    weight = message.get("weight")
+    if weight is None:
+        return None
+    if role != "assistant":
+        raise RecordError(f"{field}.weight", "weight is only allowed on assistant messages")
+    if isinstance(weight, bool) or weight not in (0, 1):
+        raise RecordError(f"{field}.weight", f"weight must be 0 or 1, got {weight!r}")
+    return int(weight)
+
+
+def _content(draft: Draft, content: object, field: str) -> list[Part]:
+    if isinstance(content, str):
+        return text_parts(content)
+    if not isinstance(content, list):
+        raise RecordError(
+            field, f"expected a string or an array of content parts, got {type_name(content)}"
+        )
+    parts: list[Part] = []
+    for index, raw in enumerate(content):
+        parts += _part(draft, require_dict(raw, f"{field}[{index}]"), f"{field}[{index}]")
+    return parts
+
+
+def _part(draft: Draft, part: dict, field: str) -> list[Part]:
+    kind = require_str(part.get("type", MISSING), f"{field}.type")
+    if kind == "text":
+        return text_parts(require_str(part.get("text", MISSING), f"{field}.text"))
+    if kind == "image_url":
+        image = require_dict(part.get("image_url", MISSING), f"{field}.image_url")
+        url = require_str(image.get("url", MISSING), f"{field}.image_url.url")
+        draft.images.append(ImageRef(f"{field}.image_url", url))
+        return [draft.image_part()]
+    raise RecordError(f"{field}.type", f"unsupported content part type {kind!r}")

@@ -1,0 +1,114 @@
+"""Rules every conversation must follow, whatever format it came in.
+
+Gemma 3's chat template folds a system message into the first user turn and needs user and
+assistant turns to alternate; training needs an assistant turn to learn from at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from data.example import ImagePart, Issue, Message, TextPart
+
+# Text containing these would be read as chat structure rather than as text.
+CONTROL_TOKENS = (
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "<start_of_image>",
+    "<end_of_image>",
+    "<image_soft_token>",
+    "<bos>",
+    "<eos>",
+    "<pad>",
+)
+
+
+@dataclass(frozen=True)
+class MessageFields:
+    """Where a message's role and content are in the source record, for problem reports
+    (ShareGPT keeps them in `conversations[i].from` and `.value`)."""
+
+    role: str
+    content: str
+
+    @classmethod
+    def of(cls, index: int) -> MessageFields:
+        return cls(f"messages[{index}].role", f"messages[{index}].content")
+
+
+def check_messages(
+    messages: Sequence[Message],
+    fields: Sequence[MessageFields] | None = None,
+    *,
+    require_assistant_last: bool = True,
+    container: str = "messages",
+) -> list[Issue]:
+    """Every rule broken, each naming its field. `fields[i]` locates message i in the record;
+    `container` names the record's list of turns."""
+    if not messages:
+        return [Issue(container, "no messages")]
+    fields = fields or [MessageFields.of(i) for i in range(len(messages))]
+    issues = _check_roles(messages, fields, require_assistant_last, container)
+    for message, where in zip(messages, fields, strict=True):
+        issues += _check_content(message, where.content)
+    assistants = [m for m in messages if m.role == "assistant"]
+    if assistants and not any(m.weight for m in assistants):
+        issues.append(Issue(container, "every assistant turn has weight 0: nothing to train on"))
+    return issues
+
+
+def _check_roles(
+    messages: Sequence[Message],
+    fields: Sequence[MessageFields],
+    require_assistant_last: bool,
+    container: str,
+) -> list[Issue]:
+    issues = [
+        Issue(fields[i].role, "a system message is only allowed as the first message")
+        for i, m in enumerate(messages)
+        if m.role == "system" and i > 0
+    ]
+    turns = [(i, m) for i, m in enumerate(messages) if m.role != "system"]
+    if not turns:
+        return [*issues, Issue(container, "no user or assistant turns")]
+    for position, (index, message) in enumerate(turns):
+        expected = "user" if position % 2 == 0 else "assistant"
+        if message.role != expected:
+            issues.append(
+                Issue(
+                    fields[index].role,
+                    f"expected {expected}, got {message.role}: turns must alternate "
+                    "user/assistant, starting with user",
+                )
+            )
+            return issues
+    last_index, last = turns[-1]
+    if require_assistant_last and last.role != "assistant":
+        issues.append(
+            Issue(
+                fields[last_index].role,
+                f"a training example must end with an assistant turn, not {last.role}",
+            )
+        )
+    return issues
+
+
+def _check_content(message: Message, field: str) -> list[Issue]:
+    if not message.content:
+        return [Issue(field, "empty content")]
+    issues = []
+    if message.role != "user" and any(isinstance(p, ImagePart) for p in message.content):
+        issues.append(Issue(field, f"images are only allowed in user messages, not {message.role}"))
+    for part in message.content:
+        if isinstance(part, TextPart):
+            found = [token for token in CONTROL_TOKENS if token in part.text]
+            if found:
+                issues.append(
+                    Issue(
+                        field,
+                        f"text contains the control token {found[0]}, which the model would "
+                        "read as chat structure",
+                    )
+                )
+    return issues

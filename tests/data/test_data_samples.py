@@ -1,0 +1,68 @@
+"""The sample datasets: deterministic, valid, and what their README promises."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from data import read_dataset
+from data.sample_sets import COLOURS, SHAPES, write_samples
+
+
+def files(directory: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(directory).as_posix(): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_generation_is_byte_for_byte_deterministic(samples_dir, tmp_path):
+    write_samples(tmp_path)
+    assert files(tmp_path) == files(samples_dir)
+
+
+def test_shapes_vqa_is_valid_and_small(samples_dir):
+    directory = samples_dir / "shapes-vqa"
+    train, held_out = (
+        read_dataset(directory / "train.jsonl"),
+        read_dataset(directory / "eval.jsonl"),
+    )
+    assert train.problems == [] and held_out.problems == []
+    assert 180 <= len(train.examples) <= 220 and 10 <= len(held_out.examples) <= 40
+    assert not {e.digest() for e in train.examples} & {e.digest() for e in held_out.examples}
+    assert sum(p.stat().st_size for p in directory.rglob("*")) < 2_000_000
+
+    answers = {e.messages[-1].text for e in train.examples}
+    assert answers <= {*COLOURS, *SHAPES, "left", "right", "1", "2", "3", "4"}
+    for example in train.examples:
+        assert len(example.images) == 1 and example.images[0].width == 96
+    first = json.loads((directory / "train.jsonl").read_text().splitlines()[0])
+    assert first["messages"][0]["content"][0]["image_url"]["url"].startswith("images/")
+
+
+def test_shapes_answers_match_the_pictures(samples_dir):
+    """Spot-check: the colour questions name the colour of the shape's pixels."""
+    examples = read_dataset(samples_dir / "shapes-vqa" / "train.jsonl").examples
+    colour_questions = [e for e in examples if e.messages[0].text.startswith("What colour")]
+    assert len(colour_questions) > 20
+    for example in colour_questions:
+        image = example.images[0].to_pil().convert("RGB")
+        colours = {c for _, c in image.getcolors()} - {(255, 255, 255)}
+        assert COLOURS[example.messages[-1].text] in colours
+
+
+def test_style_chat_teaches_a_checkable_style(samples_dir):
+    directory = samples_dir / "style-chat"
+    train, held_out = (
+        read_dataset(directory / "train.jsonl"),
+        read_dataset(directory / "eval.jsonl"),
+    )
+    assert train.problems == [] and held_out.problems == []
+    assert 50 <= len(train.examples) <= 70 and 8 <= len(held_out.examples) <= 15
+    for example in train.examples + held_out.examples:
+        reply = example.messages[-1].text
+        assert reply.startswith("Ahoy! ") and reply.endswith(" — Captain Gem")
+        assert len(reply) < 120 and not example.images
+    prompts = {e.messages[0].text for e in train.examples}
+    assert not prompts & {e.messages[0].text for e in held_out.examples}
