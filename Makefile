@@ -14,7 +14,7 @@ models: install  ## build the local Gemma 3 bases into $$GEMLORA_HOME/models
 	$(GEMLORA) models build
 
 data: install  ## generate the sample datasets in data/samples/
-	$(PY) -m data.samples
+	$(GEMLORA) data samples
 
 lint: install  ## ruff
 	.venv/bin/ruff check .

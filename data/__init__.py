@@ -26,7 +26,13 @@ from data.reader import ReadOptions, ReadResult, read_dataset
 from data.remote import FetchPolicy, ImageFetcher, ImageFetchError
 from data.report import DatasetReport, LengthStats, validate_dataset
 from data.split import Split, is_eval, split_examples
-from data.tokens import OverlongPolicy, TokenCounter, apply_length_policy, measure_tokens
+from data.tokens import (
+    OverlongPolicy,
+    TokenCounter,
+    apply_length_policy,
+    load_token_counter,
+    measure_tokens,
+)
 from data.validate import check_messages
 
 __all__ = [
@@ -59,6 +65,7 @@ __all__ = [
     "dataset_digest",
     "decode_image",
     "is_eval",
+    "load_token_counter",
     "measure_tokens",
     "read_dataset",
     "split_examples",

@@ -100,13 +100,13 @@ def preview(
     their tokens, and the token ids decoded back to text.
     """
     from data.reader import read_dataset
-    from data.tokens import TokenCounter
+    from data.tokens import load_token_counter
 
     try:
         read = read_dataset(
             file, format, options=_read_options(max_images, allow_remote, False), limit=n
         )
-        counter = TokenCounter(model)
+        counter = load_token_counter(model)
     except DatasetError as error:
         _print_problems(error.problems)
         raise typer.Exit(1) from None
@@ -143,17 +143,20 @@ def split(
     go to neither. Appending records never moves an existing one to the other side.
     """
     from data.reader import read_dataset
+    from data.records import is_json_lines
     from data.split import split_examples
 
+    if not is_json_lines(file):
+        raise typer.BadParameter(
+            "split copies lines: give a JSON Lines file (from Python, `data.split_examples` "
+            "splits any format)",
+            param_hint="FILE",
+        )
     try:
         read = read_dataset(file, format, options=_read_options(8, allow_remote, False))
     except DatasetError as error:
         _print_problems(error.problems)
         raise typer.Exit(1) from None
-    if any(example.source is None or example.source.line is None for example in read.examples):
-        raise typer.BadParameter(
-            "split writes JSON Lines: give a JSON Lines file", param_hint="FILE"
-        )
     halves = split_examples(read.examples, eval_fraction, seed=seed)
     for side, examples in (("train", halves.train), ("eval", halves.eval)):
         out = file.with_name(f"{file.stem}-{side}.jsonl")

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
 MB = 1_000_000
-FORMAT_NAMES = ("PNG", "JPEG", "WEBP", "GIF")
 _URL_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
 
 
@@ -34,7 +33,7 @@ class ImageLimits(BaseModel):
 
     max_bytes: int = 20 * MB
     max_pixels: int = 50_000_000
-    formats: frozenset[str] = frozenset({"PNG", "JPEG", "WEBP"})
+    formats: frozenset[str] = frozenset({"PNG", "JPEG", "WEBP"})  # "GIF" may be added
 
 
 class ImageError(ValueError):

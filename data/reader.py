@@ -9,7 +9,7 @@ A record with an error is left out and its problems reported; reading goes on, u
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,13 +21,14 @@ from data.remote import ImageFetcher
 from data.validate import check_messages
 
 DETECTION_RECORDS = 50  # records looked at to tell the format
+Converter = Callable[[dict], Draft]
 
 
 @dataclass(frozen=True)
 class ReadOptions:
     max_images: int = 8
     max_line_bytes: int = 10 * MB
-    image_limits: ImageLimits = field(default_factory=ImageLimits)
+    image_limits: ImageLimits = field(default_factory=ImageLimits)  # for local and data: images
     fetcher: ImageFetcher | None = None  # None: remote image URLs are refused
     require_assistant_last: bool = True
     strict: bool = False
@@ -82,12 +83,13 @@ def read_dataset(
         if limit is not None and len(result.examples) >= limit:
             break
     if result.records == 0:
-        empty = Problem(Source(path), "", "the dataset has no records")
-        _add(result, None, [empty], options.strict)
+        raise DatasetError(Problem(Source(path), "", "the dataset has no records"))
     return result
 
 
-def _add(result: ReadResult, example, problems: list[Problem], strict: bool) -> None:
+def _add(
+    result: ReadResult, example: Example | None, problems: list[Problem], strict: bool
+) -> None:
     result.problems += problems
     if example is not None:
         result.examples.append(example)
@@ -105,28 +107,30 @@ def _detect(path: Path, records: Iterator) -> tuple[DatasetFormat, Iterator]:
             return found, itertools.chain(seen, records)
         if len(seen) >= DETECTION_RECORDS:
             break
-    raise DatasetError(
-        Problem(
-            Source(path),
-            "",
-            "cannot tell the dataset format: no record has `messages` or `conversations` "
-            "(pass --format openai, hf or sharegpt)",
-        )
+    if not seen:
+        raise DatasetError(Problem(Source(path), "", "the dataset has no records"))
+    unknown = Problem(
+        Source(path),
+        "",
+        "cannot tell the dataset format: no record has `messages` or `conversations` "
+        "(pass --format openai, hf or sharegpt)",
     )
+    unreadable = [item for item in seen if isinstance(item, Problem)]
+    raise DatasetError(unknown, [*unreadable, unknown])
 
 
 def _read_record(
-    record: Record, convert, loader: ImageLoader, options: ReadOptions
+    record: Record, convert: Converter, loader: ImageLoader, options: ReadOptions
 ) -> tuple[Example | None, list[Problem]]:
     example, issues = _build(record, convert, loader, options)
     return example, [issue.at(record.source) for issue in issues]
 
 
 def _build(
-    record: Record, convert, loader: ImageLoader, options: ReadOptions
+    record: Record, convert: Converter, loader: ImageLoader, options: ReadOptions
 ) -> tuple[Example | None, list[Issue]]:
     try:
-        draft: Draft = convert(record.value)
+        draft = convert(record.value)
     except RecordError as error:
         return None, [Issue(error.field, error.message)]
     issues = draft.warnings + check_messages(

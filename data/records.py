@@ -39,6 +39,11 @@ def iter_records(path: Path, max_line_bytes: int = 10 * MB) -> Iterator[Record |
         yield from _iter_json_lines(path, max_line_bytes)
 
 
+def is_json_lines(path: Path) -> bool:
+    """Whether `iter_records` reads this file as JSON Lines (one record per line)."""
+    return path.is_file() and path.suffix != ".parquet" and _first_byte(path) != b"["
+
+
 def _first_byte(path: Path) -> bytes:
     with path.open("rb") as f:
         head = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()

@@ -14,7 +14,13 @@ from pathlib import Path
 from data.example import DatasetError, Example, Problem
 from data.formats import DatasetFormat
 from data.reader import ReadOptions, ReadResult, read_dataset
-from data.tokens import OverlongPolicy, TokenCounter, apply_length_policy, measure_tokens
+from data.tokens import (
+    OverlongPolicy,
+    TokenCounter,
+    apply_length_policy,
+    load_token_counter,
+    measure_tokens,
+)
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,7 @@ def validate_dataset(
     report = DatasetReport(read, list(read.examples), list(read.problems))
     if model is None:
         return report
-    counter = model if isinstance(model, TokenCounter) else TokenCounter(model)
+    counter = model if isinstance(model, TokenCounter) else load_token_counter(model)
     report.model = counter.name
     report.max_length = max_length or counter.max_length
     lengths = measure_tokens(report.examples, counter)

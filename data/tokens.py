@@ -8,6 +8,7 @@ Over-long examples are dropped or refused, by policy; they are never truncated.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Literal
 
@@ -56,8 +57,14 @@ class TokenCounter:
         return self.tokenizer.decode(self.encode(example), skip_special_tokens=False)
 
 
+@functools.cache
+def load_token_counter(model: str) -> TokenCounter:
+    """One `TokenCounter` per base for the life of the process (loading takes seconds)."""
+    return TokenCounter(model)
+
+
 def measure_tokens(examples: Sequence[Example], model: str | TokenCounter) -> list[int]:
-    counter = model if isinstance(model, TokenCounter) else TokenCounter(model)
+    counter = model if isinstance(model, TokenCounter) else load_token_counter(model)
     with_images = sum(1 for example in examples if example.images)
     if with_images and not counter.multimodal:
         first = next(example for example in examples if example.images)

@@ -8,4 +8,11 @@ from gemlora.bases import BaseSpec, load_catalogue, resolve_base
 from gemlora.paths import gemlora_home, models_dir
 
 __version__ = "0.1.0"
-__all__ = ["BaseSpec", "__version__", "gemlora_home", "load_catalogue", "models_dir", "resolve_base"]
+__all__ = [
+    "BaseSpec",
+    "__version__",
+    "gemlora_home",
+    "load_catalogue",
+    "models_dir",
+    "resolve_base",
+]

@@ -6,6 +6,7 @@ package is broken) on loopback, with LoRA enabled so that gemlora's resolver plu
 adapters by request model name.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -154,7 +155,9 @@ class Engine:
         self.process.wait(timeout=5)
 
 
-def start_engine(config: EngineConfig, log_path: Path | None = None, *, wait: bool = True) -> Engine:
+def start_engine(
+    config: EngineConfig, log_path: Path | None = None, *, wait: bool = True
+) -> Engine:
     spec = resolve_base(config.base)
     log_path = log_path or gemlora_home() / "logs" / f"engine-{config.port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,10 +196,8 @@ def stop_process_group(pid: int, timeout_s: float = 30) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.2)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def tail(path: Path, lines: int = 30) -> str:

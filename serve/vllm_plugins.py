@@ -26,3 +26,13 @@ def install_cpu_image_processor_hook() -> None:
 
     pil_module.Gemma3ImageProcessor = pil_module.Gemma3ImageProcessorPil
     sys.modules[GEMMA3_IMAGE_PROCESSOR_MODULE] = pil_module
+
+
+def install_cpu_wna16_fallback() -> None:
+    """Serve compressed-tensors W4A16 bases on CPUs whose vLLM build lacks the W4A16 kernel
+    (AVX2-only machines); see `serve.cpu_wna16`."""
+    if importlib.util.find_spec("vllm") is None:
+        return
+    from serve.cpu_wna16 import register_if_missing
+
+    register_if_missing()

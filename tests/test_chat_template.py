@@ -50,7 +50,8 @@ def test_built_models_carry_the_template(tokenizer, built_models):
                     ],
                 }
             ],
-            "<bos><start_of_turn>user\n<start_of_image>What is this?<start_of_image><end_of_turn>\n",
+            "<bos><start_of_turn>user\n"
+            "<start_of_image>What is this?<start_of_image><end_of_turn>\n",
         ),
         (
             [
@@ -113,9 +114,8 @@ def test_marks_exactly_the_assistant_tokens(tokenizer):
     ids, mask = encoded["input_ids"], encoded["assistant_masks"]
     assert ids.count(2) == 1, "<bos> must appear once"
     marked = [token for token, m in zip(ids, mask, strict=True) if m]
-    expected = (
-        tokenizer.encode("Hello!<end_of_turn>", add_special_tokens=False)
-        + tokenizer.encode("Hi again.<end_of_turn>", add_special_tokens=False)
+    expected = tokenizer.encode("Hello!<end_of_turn>", add_special_tokens=False) + tokenizer.encode(
+        "Hi again.<end_of_turn>", add_special_tokens=False
     )
     assert marked == expected
     assert tokenizer.decode(marked) == "Hello!<end_of_turn>Hi again.<end_of_turn>"

@@ -13,10 +13,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 pytestmark = pytest.mark.engine
 
+# Plain-text prompts: the 270M is a base (not instruction-tuned) model, and on prompts it is
+# unsure about, bf16 rounding differences between two correct implementations flip near-tied
+# greedy choices.
 PROMPTS = [
-    "Write one sentence about the sea.",
-    "List three colours.",
-    "What is two plus two?",
+    "The capital of France is called",
+    "Question: What is the capital of Italy?\nAnswer:",
+    "Monday, Tuesday, Wednesday,",
 ]
 
 
@@ -34,7 +37,7 @@ def png_data_url(colour: str) -> str:
 def test_engine_answers_a_chat_request(engines, base):
     engine = engines.get(base)
     openai = client(engine)
-    assert [m.id for m in openai.models.list().data][0] == base
+    assert openai.models.list().data[0].id == base
     reply = openai.chat.completions.create(
         model=base,
         messages=[{"role": "user", "content": "Say hello."}],
@@ -75,24 +78,19 @@ def test_multimodal_engine_answers_an_image_request(engines):
 
 
 def vllm_greedy_ids(engine, model: str, prompt: str, n: int) -> list[int]:
-    reply = client(engine).chat.completions.create(
+    reply = client(engine).completions.create(
         model=model,
-        messages=[{"role": "user", "content": prompt}],
+        prompt=prompt,
         max_tokens=n,
         temperature=0,
-        logprobs=True,
+        logprobs=1,
         extra_body={"return_tokens_as_token_ids": True, "skip_special_tokens": False},
     )
-    return [int(item.token.removeprefix("token_id:")) for item in reply.choices[0].logprobs.content]
+    return [int(token.removeprefix("token_id:")) for token in reply.choices[0].logprobs.tokens]
 
 
 def transformers_greedy_ids(model, tokenizer, prompt: str, n: int) -> list[int]:
-    inputs = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
-    )
+    inputs = tokenizer(prompt, return_tensors="pt")
     output = model.generate(**inputs, max_new_tokens=n, do_sample=False)
     return output[0, inputs["input_ids"].shape[1] :].tolist()
 

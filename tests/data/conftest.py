@@ -19,15 +19,16 @@ from data_helpers import LoopbackServer, png
 
 @pytest.fixture(autouse=True)
 def connections(monkeypatch) -> list[str]:
-    """Every address a test connects to; anything outside loopback fails the connect."""
+    """Every address a test connects to; anything outside 127.0.0.0/8 fails the connect."""
     made: list[str] = []
     real_connect = socket.socket.connect
+    loopback = ipaddress.ip_network("127.0.0.0/8")
 
     def connect(sock, address):
         if isinstance(address, tuple):
             made.append(address[0])
-            if not ipaddress.ip_address(address[0].split("%")[0]).is_loopback:
-                raise OSError(f"test tried to connect outside loopback: {address}")
+            if ipaddress.ip_address(address[0].split("%")[0]) not in loopback:
+                raise OSError(f"test tried to connect outside 127.0.0.0/8: {address}")
         return real_connect(sock, address)
 
     monkeypatch.setattr(socket.socket, "connect", connect)
@@ -127,16 +128,16 @@ def _built(name: str) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_mm_counter():
-    from data.tokens import TokenCounter
+    from data.tokens import load_token_counter
 
-    return TokenCounter(_built("tiny-gemma-3-mm"))
+    return load_token_counter(_built("tiny-gemma-3-mm"))
 
 
 @pytest.fixture(scope="session")
 def text_counter():
-    from data.tokens import TokenCounter
+    from data.tokens import load_token_counter
 
-    return TokenCounter(_built("gemma-3-270m"))
+    return load_token_counter(_built("gemma-3-270m"))
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import json
 from data_helpers import png, write_jsonl
 from typer.testing import CliRunner
 
+from data import read_dataset
 from gemlora.cli import app
 
 runner = CliRunner()
@@ -31,9 +32,11 @@ def test_validate_reports_counts_stats_and_every_problem(tmp_path, tiny_mm_count
 
     assert result.exit_code == 1
     out = result.output
-    assert "2 usable of 4 records (2 invalid, 0 over-long)" in out
-    assert "min 11, median 11, p95 19, max 19" in out.replace("\n", " ") or "tokens" in out
-    assert "0: 1, 1: 1" in out
+    table = " ".join(out.split())
+    short, long = sorted(tiny_mm_counter.count(e) for e in read_dataset(path).examples)
+    assert "2 usable of 4 records (2 invalid, 0 over-long)" in table
+    assert f"tokens min {short}, median {short}, p95 {long}, max {long}" in table
+    assert "images/example 0: 1, 1: 1" in table
     assert f"{path}:2: messages[0].role: error: a training example must end with" in out
     assert (
         f"{path}:3: messages[0].content[0].image_url: error: image file not found: gone.png" in out
@@ -86,16 +89,10 @@ def test_preview_prints_what_the_model_sees(tmp_path, tiny_mm_counter):
     result = runner.invoke(app, ["data", "preview", str(path), "-n", "2", "-m", "tiny-gemma-3-mm"])
 
     assert result.exit_code == 0, result.output
-    view = tiny_mm_counter.model_view(tiny_mm_counter_example(path))
+    view = tiny_mm_counter.model_view(read_dataset(path).examples[0])
     assert result.output.count(view) == 2
     assert "<image_soft_token>" * 4 in result.output
     assert f"{path}:3" not in result.output
-
-
-def tiny_mm_counter_example(path):
-    from data import read_dataset
-
-    return read_dataset(path).examples[0]
 
 
 def test_preview_text_dataset_with_the_default_base(tmp_path, text_counter):
@@ -144,3 +141,10 @@ def test_samples_command(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "shapes-vqa" / "train.jsonl").is_file()
     assert (tmp_path / "style-chat" / "eval.jsonl").is_file()
+
+
+def test_split_refuses_files_that_are_not_json_lines(tmp_path):
+    path = tmp_path / "llava.json"
+    path.write_text(json.dumps([{"conversations": []}], indent=2))
+    result = runner.invoke(app, ["data", "split", str(path)])
+    assert result.exit_code == 2 and "JSON Lines" in result.output

@@ -299,3 +299,17 @@ def test_unreadable_files_raise(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="not a dataset directory"):
         read_dataset(tmp_path / "empty")
+    for format in (None, "openai"):
+        with pytest.raises(DatasetError, match="the dataset has no records"):
+            read_dataset(write_jsonl(tmp_path / "blank.jsonl", ["", "  "]), format)
+
+
+def test_a_file_of_unreadable_lines_reports_them(tmp_path):
+    path = write_jsonl(tmp_path / "broken.jsonl", ["{oops", b"\xff"])
+    with pytest.raises(DatasetError) as raised:
+        read_dataset(path)
+    assert [(p.source.line, p.message[:12]) for p in raised.value.problems] == [
+        (1, "invalid JSON"),
+        (2, "not valid UT"),
+        (None, "cannot tell "),
+    ]

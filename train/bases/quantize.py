@@ -44,7 +44,9 @@ def quantize_w4a16(source: Path, out: Path, *, method: str = "gptq") -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     completed = subprocess.run(command, env=env, stdout=sys.stderr, check=False)
     if completed.returncode != 0:
-        raise RuntimeError(f"quantization failed (exit {completed.returncode}): {' '.join(command)}")
+        raise RuntimeError(
+            f"quantization failed (exit {completed.returncode}): {' '.join(command)}"
+        )
     for name in CARRIED_FILES:  # the quantized model keeps gemlora's tokenizer and template
         if (source / name).exists():
             shutil.copy2(source / name, out / name)
