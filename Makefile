@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 GEMLORA := .venv/bin/gemlora
 
-.PHONY: install models data lint test test-fast clean help
+.PHONY: install models data demo lint test test-fast clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -15,6 +15,9 @@ models: install  ## build the local Gemma 3 bases into $$GEMLORA_HOME/models
 
 data: install  ## generate the sample datasets in data/samples/
 	$(GEMLORA) data samples
+
+demo: install  ## build the models, then serve them with vLLM and call them with the openai client
+	$(PY) scripts/demo.py
 
 lint: install  ## ruff
 	.venv/bin/ruff check .
