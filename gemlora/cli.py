@@ -3,6 +3,7 @@ this module only mounts them, so `gemlora --help` stays fast (torch loads on fir
 
 import typer
 
+from adapters.cli import app as adapters_app
 from data.cli import app as data_app
 from train.bases.cli import app as models_app
 
@@ -15,6 +16,7 @@ app = typer.Typer(
 )
 app.add_typer(models_app, name="models", help="Build and list the local Gemma 3 bases.")
 app.add_typer(data_app, name="data", help="Validate and preview chat datasets.")
+app.add_typer(adapters_app, name="adapters", help="Register, alias and resolve LoRA adapters.")
 
 
 @app.command()

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from gemlora.paths import models_dir
-
 LOCAL_BASES = ("gemma-3-270m", "gemma-3-270m-w4a16", "tiny-gemma-3-mm")
 
 
@@ -25,16 +23,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def built_models() -> dict[str, Path]:
-    """Every local base, built if missing. The quantized base is built with round-to-nearest
-    (seconds) when absent; a GPTQ build from `make models` is used as is."""
+    """Every local base, built if missing (the quantized one with GPTQ, as `make models` does:
+    ~9 minutes on 2 cores, once per machine)."""
     from train.bases import build_model
 
-    paths = {}
-    for name in LOCAL_BASES:
-        existing = (models_dir() / name / "gemlora-manifest.json").is_file()
-        method = None if existing or name != "gemma-3-270m-w4a16" else "rtn"
-        paths[name] = build_model(name, method=method).path
-    return paths
+    return {name: build_model(name).path for name in LOCAL_BASES}
 
 
 class EnginePool:
@@ -71,3 +64,16 @@ def _quiet_hub() -> None:
     # Nothing may be fetched from a model hub here; fail fast instead of timing out.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> Iterator:
+    """A real MLflow tracking server (SQLite registry, proxied artifacts) on a free loopback port,
+    shared by the session."""
+    from adapters.mlflow_server import start_mlflow_server
+
+    server = start_mlflow_server(tmp_path_factory.mktemp("mlflow-home"), port=free_port())
+    try:
+        yield server
+    finally:
+        server.stop()
