@@ -6,7 +6,6 @@ W4A16 g128 checkpoint and `quantization-report.json` into OUT.
 
 import json
 import sys
-import time
 from importlib import metadata
 
 SUBJECTS = [
@@ -51,7 +50,6 @@ def main(source: str, out: str, method: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
-    started = time.monotonic()
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16)
     tokenizer = AutoTokenizer.from_pretrained(source)
     recipe_args = {"targets": "Linear", "scheme": "W4A16", "ignore": ["lm_head"]}
@@ -81,7 +79,6 @@ def main(source: str, out: str, method: str) -> None:
         "format": "compressed-tensors pack-quantized",
         "ignore": recipe_args["ignore"],
         "calibration_samples": NUM_SAMPLES if method == "gptq" else 0,
-        "seconds": round(time.monotonic() - started, 1),
         "llmcompressor": metadata.version("llmcompressor"),
         "compressed_tensors": metadata.version("compressed-tensors"),
     }
