@@ -96,6 +96,20 @@ class Problem:
         return f"{where}: {self.severity}: {self.message}"
 
 
+class HasProblems:
+    """Mixin for results that carry `problems`: the errors and the warnings among them."""
+
+    problems: list[Problem]
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+
 class DatasetError(Exception):
     """A dataset that cannot be used at all (or, with `strict`, has any error)."""
 

@@ -13,7 +13,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data.example import DatasetError, Example, Issue, Problem, Source, dataset_digest
+from data.example import (
+    DatasetError,
+    Example,
+    HasProblems,
+    Issue,
+    Problem,
+    Source,
+    dataset_digest,
+)
 from data.formats import CONVERTERS, DatasetFormat, Draft, RecordError, classify
 from data.images import ImageError, ImageLimits, ImageLoader
 from data.records import MB, Record, iter_records
@@ -35,20 +43,12 @@ class ReadOptions:
 
 
 @dataclass
-class ReadResult:
+class ReadResult(HasProblems):
     path: Path
     format: DatasetFormat
     records: int  # records seen, valid or not
     examples: list[Example]
     problems: list[Problem]
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "warning"]
 
     def digest(self) -> str:
         return dataset_digest(self.examples)

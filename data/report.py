@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.example import DatasetError, Example, Problem
+from data.example import DatasetError, Example, HasProblems, Problem
 from data.formats import DatasetFormat
 from data.reader import ReadOptions, ReadResult, read_dataset
 from data.tokens import (
@@ -45,21 +45,13 @@ def _rank(ordered: list[int], quantile: float) -> int:
 
 
 @dataclass
-class DatasetReport:
+class DatasetReport(HasProblems):
     read: ReadResult
     examples: list[Example]  # the usable ones
     problems: list[Problem]
     model: str | None = None
     token_lengths: list[int] | None = None  # of `examples`, when a model was given
     max_length: int | None = None
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-    @property
-    def warnings(self) -> list[Problem]:
-        return [p for p in self.problems if p.severity == "warning"]
 
     @property
     def ok(self) -> bool:

@@ -3,6 +3,7 @@ name the field at fault."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -104,3 +105,20 @@ def check_image_count(draft: Draft, what: str, field: str) -> None:
             f"{draft.image_parts} {what} in the conversation but {len(draft.images)} "
             f"image{'s' if len(draft.images) != 1 else ''} given",
         )
+
+
+def content_parts(
+    draft: Draft, content: object, field: str, read_part: Callable[[Draft, dict, str], list[Part]]
+) -> list[Part]:
+    """A message's content: a string, or an array of part objects each read by `read_part`."""
+    if isinstance(content, str):
+        return text_parts(content)
+    if not isinstance(content, list):
+        raise RecordError(
+            field, f"expected a string or an array of content parts, got {type_name(content)}"
+        )
+    parts: list[Part] = []
+    for index, raw in enumerate(content):
+        part_field = f"{field}[{index}]"
+        parts += read_part(draft, require_dict(raw, part_field), part_field)
+    return parts

@@ -15,6 +15,7 @@ from data.formats.common import (
     Draft,
     RecordError,
     check_image_count,
+    content_parts,
     require_dict,
     require_list,
     require_str,
@@ -45,28 +46,20 @@ def convert(record: dict) -> Draft:
 
 
 def _content(draft: Draft, content: object, field: str) -> list[Part]:
-    if isinstance(content, str):
-        return text_parts(content)
-    if not isinstance(content, list):
-        raise RecordError(
-            field, f"expected a string or an array of content parts, got {type_name(content)}"
-        )
-    parts: list[Part] = []
-    for index, raw in enumerate(content):
-        part_field = f"{field}[{index}]"
-        part = require_dict(raw, part_field)
-        kind = require_str(part.get("type", MISSING), f"{part_field}.type")
-        if kind == "text":
-            parts += text_parts(require_str(part.get("text", MISSING), f"{part_field}.text"))
-        elif kind == "image":
-            if any(part.get(key) is not None for key in ("image", "url", "path")):
-                raise RecordError(
-                    part_field, "inline image data is not supported: put images in `images`"
-                )
-            parts.append(draft.image_part())
-        else:
-            raise RecordError(f"{part_field}.type", f"unsupported content part type {kind!r}")
-    return parts
+    return content_parts(draft, content, field, _part)
+
+
+def _part(draft: Draft, part: dict, part_field: str) -> list[Part]:
+    kind = require_str(part.get("type", MISSING), f"{part_field}.type")
+    if kind == "text":
+        return text_parts(require_str(part.get("text", MISSING), f"{part_field}.text"))
+    if kind == "image":
+        if any(part.get(key) is not None for key in ("image", "url", "path")):
+            raise RecordError(
+                part_field, "inline image data is not supported: put images in `images`"
+            )
+        return [draft.image_part()]
+    raise RecordError(f"{part_field}.type", f"unsupported content part type {kind!r}")
 
 
 def _add_images(draft: Draft, record: dict) -> None:

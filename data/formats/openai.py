@@ -12,11 +12,11 @@ from data.formats.common import (
     MISSING,
     Draft,
     RecordError,
+    content_parts,
     require_dict,
     require_list,
     require_str,
     text_parts,
-    type_name,
 )
 from data.images import ImageRef
 
@@ -73,16 +73,7 @@ def _weight(message: dict, role: Role, field: str) -> int | None:
 
 
 def _content(draft: Draft, content: object, field: str) -> list[Part]:
-    if isinstance(content, str):
-        return text_parts(content)
-    if not isinstance(content, list):
-        raise RecordError(
-            field, f"expected a string or an array of content parts, got {type_name(content)}"
-        )
-    parts: list[Part] = []
-    for index, raw in enumerate(content):
-        parts += _part(draft, require_dict(raw, f"{field}[{index}]"), f"{field}[{index}]")
-    return parts
+    return content_parts(draft, content, field, _part)
 
 
 def _part(draft: Draft, part: dict, field: str) -> list[Part]:
