@@ -1,0 +1,27 @@
+"""The platform gateway: an OpenAI-compatible FastAPI app in front of the vLLM engine (API
+keys, request validation, image policy, /v1/models from the registry, metrics, access logs).
+
+    from serve.gateway import GatewayConfig, GatewaySettings, create_app
+"""
+
+from serve.gateway.app import Gateway, GatewaySettings, create_app
+from serve.gateway.auth import ApiKey, Authenticator, hash_key, load_keys, new_key
+from serve.gateway.config import GatewayConfig, ImagePolicy, SamplingDefaults
+from serve.gateway.errors import GatewayError
+from serve.gateway.schema import ChatCompletionRequest
+
+__all__ = [
+    "ApiKey",
+    "Authenticator",
+    "ChatCompletionRequest",
+    "Gateway",
+    "GatewayConfig",
+    "GatewayError",
+    "GatewaySettings",
+    "ImagePolicy",
+    "SamplingDefaults",
+    "create_app",
+    "hash_key",
+    "load_keys",
+    "new_key",
+]

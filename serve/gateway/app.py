@@ -1,0 +1,448 @@
+"""The platform gateway: the OpenAI-compatible endpoint teams call, in front of vLLM.
+
+    app = create_app(GatewaySettings(GatewayConfig(), engine_url="http://127.0.0.1:8100",
+                                     base="gemma-3-270m-w4a16", registry=registry))
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+
+It owns the contract, security and visibility; vLLM does the generation. For each chat request
+it authenticates the key, checks its rate and the model it may use, validates the body against
+the reference schema, fills in the deployment's sampling defaults, turns every image into a
+checked data URL, and forwards the request to the engine over one pooled HTTP client. Answers
+come back byte for byte; streamed ones chunk by chunk as they arrive. The only parsing of an
+answer is reading its token usage for the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from adapters import AdapterRegistry
+from data.remote import Resolver
+from serve.gateway.auth import ApiKey, Authenticator, load_keys
+from serve.gateway.config import GatewayConfig
+from serve.gateway.errors import GatewayError, validation_error
+from serve.gateway.images import ImageConverter
+from serve.gateway.metrics import GatewayMetrics
+from serve.gateway.models import ModelCatalog
+from serve.gateway.schema import ChatCompletionRequest, StreamOptions
+
+logger = logging.getLogger("gemlora.gateway")
+access_log = logging.getLogger("gemlora.gateway.access")
+
+CHAT_PATH = "/v1/chat/completions"
+# The final event of a stream with include_usage has no choices, only the usage.
+USAGE_EVENT_MARK = b'"choices":[]'
+
+
+@dataclass
+class GatewaySettings:
+    """What one gateway serves: its config, the engine behind it and the registry."""
+
+    config: GatewayConfig
+    engine_url: str
+    base: str  # the engine's base: catalogue name or model directory
+    served_name: str | None = None  # the base's model name for clients (default: `base`)
+    registry: AdapterRegistry | None = None
+    keys: list[ApiKey] | None = None  # default: from config.keys_file and $GEMLORA_API_KEYS
+    dns_resolver: Resolver | None = None  # for image URLs; tests answer names themselves
+
+
+@dataclass
+class Exchange:
+    """One request's facts, for the access log and the metrics."""
+
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    key_id: str = "-"
+    model: str | None = None
+    adapter: str = "-"
+    stream: bool = False
+    status: int = 0
+    code: str | None = None
+    images: int = 0
+    ttft_s: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    gateway = Gateway(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.close()
+
+    app = FastAPI(title="gemlora gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.gateway = gateway
+    app.add_api_route(CHAT_PATH, gateway.chat_completions, methods=["POST"])
+    app.add_api_route("/v1/models", gateway.list_models, methods=["GET"])
+    app.add_api_route("/health", gateway.health, methods=["GET"])
+    app.add_api_route("/metrics", gateway.metrics_page, methods=["GET"])
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    return app
+
+
+async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+    """Unknown paths and methods answer in the OpenAI shape too."""
+    return GatewayError(error.status_code, str(error.detail), code="unknown_route").response()
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.config = settings.config
+        self.served_name = settings.served_name or settings.base
+        keys = settings.keys
+        if keys is None and self.config.auth:
+            keys = load_keys(self.config.keys_file)
+            if not keys:
+                raise ValueError(
+                    "auth is on but there are no API keys: set gateway.keys_file or "
+                    "$GEMLORA_API_KEYS, or run without auth on loopback (--no-auth)"
+                )
+        self.auth = Authenticator(keys if self.config.auth else None)
+        self.images = ImageConverter(self.config.images, settings.dns_resolver)
+        self.catalog = ModelCatalog(
+            self.served_name, settings.base, settings.registry, self.config.models_cache_s
+        )
+        self.metrics = GatewayMetrics()
+        self.client: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        self.client = httpx.AsyncClient(
+            base_url=self.settings.engine_url,
+            timeout=httpx.Timeout(self.config.engine_timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+            trust_env=False,
+        )
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+
+    # --- POST /v1/chat/completions ------------------------------------------------------------
+
+    async def chat_completions(self, request: Request) -> Response:
+        exchange = Exchange(request_id=f"gw-{uuid.uuid4().hex}")
+        try:
+            key = self.auth.authenticate(request.headers.get("authorization"))
+            exchange.key_id = key.id
+            self.auth.check_rate(key)
+            chat = self._parse(await self._read_body(request))
+            exchange.model, exchange.stream = chat.model, chat.stream
+            exchange.adapter = self.adapter_name(chat.model)
+            self.auth.check_model(key, chat.model, exchange.adapter)
+            exchange.images = await self.images.convert(chat.messages)
+            wants_usage = chat.wants_usage_chunk  # before the payload asks for it anyway
+            payload = self._upstream_payload(chat)
+            if chat.stream:
+                return await self._stream(request, payload, wants_usage, exchange)
+            return await self._complete(request, payload, exchange)
+        except GatewayError as error:
+            return self._refuse(error, exchange)
+        except Exception:
+            logger.exception("request %s failed", exchange.request_id)
+            error = GatewayError(500, "internal error in the gateway", code="internal_error")
+            return self._refuse(error, exchange)
+
+    def adapter_name(self, model: str) -> str:
+        """What key patterns and metrics see: the base's name, or the adapter's NAME."""
+        if model == self.served_name:
+            return model
+        return re.split(r"[@/]", model, maxsplit=1)[0]
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise _too_large(limit)
+        return bytes(body)
+
+    def _parse(self, body: bytes) -> ChatCompletionRequest:
+        try:
+            chat = ChatCompletionRequest.model_validate_json(body)
+        except ValidationError as error:
+            first = error.errors(include_url=False)[0]
+            if first["type"] == "json_invalid":
+                raise GatewayError(
+                    400, f"request body is not valid JSON: {first['msg']}", code="invalid_json"
+                ) from None
+            if first["type"] == "model_type" and not first["loc"]:
+                raise GatewayError(
+                    400, "request body must be a JSON object", code="invalid_json"
+                ) from None
+            raise validation_error(error) from None
+        if chat.stream_options is not None and not chat.stream:
+            raise GatewayError(
+                400,
+                "stream_options: only allowed with stream: true",
+                param="stream_options",
+                code="invalid_value",
+            )
+        return chat
+
+    def _upstream_payload(self, chat: ChatCompletionRequest) -> bytes:
+        defaults = self.config.defaults
+        if chat.max_tokens is None and chat.max_completion_tokens is None:
+            chat.max_tokens = defaults.max_tokens
+        if chat.temperature is None:
+            chat.temperature = defaults.temperature
+        if chat.top_p is None:
+            chat.top_p = defaults.top_p
+        if chat.stream:
+            # Always ask for usage, for the token metrics; dropped again if the client did not.
+            chat.stream_options = StreamOptions(include_usage=True)
+        return chat.model_dump_json(exclude_unset=True).encode()
+
+    def _headers(self, exchange: Exchange) -> dict[str, str]:
+        return {"Content-Type": "application/json", "X-Request-Id": exchange.request_id}
+
+    # --- forwarding ----------------------------------------------------------------------------
+
+    async def _complete(self, request: Request, payload: bytes, exchange: Exchange) -> Response:
+        upstream = asyncio.ensure_future(
+            self.client.post(CHAT_PATH, content=payload, headers=self._headers(exchange))
+        )
+        disconnect = asyncio.ensure_future(_client_disconnect(request))
+        try:
+            await asyncio.wait({upstream, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            disconnect.cancel()
+            if not upstream.done():
+                # The client left: closing the engine connection makes vLLM abort the request.
+                upstream.cancel()
+        if not upstream.done() or upstream.cancelled():
+            exchange.status, exchange.code = 499, "client_disconnected"
+            self._record(exchange)
+            return Response(status_code=499)
+        try:
+            response = upstream.result()
+        except httpx.HTTPError as error:
+            raise _engine_error(error) from None
+        if response.status_code == 200:
+            _read_usage(json.loads(response.content).get("usage"), exchange)
+        exchange.status = response.status_code
+        self._record(exchange)
+        return Response(
+            response.content,
+            status_code=response.status_code,
+            media_type="application/json",
+            headers={"X-Request-Id": exchange.request_id},
+        )
+
+    async def _stream(
+        self, request: Request, payload: bytes, wants_usage: bool, exchange: Exchange
+    ) -> Response:
+        upstream_request = self.client.build_request(
+            "POST", CHAT_PATH, content=payload, headers=self._headers(exchange)
+        )
+        try:
+            response = await self.client.send(upstream_request, stream=True)
+        except httpx.HTTPError as error:
+            raise _engine_error(error) from None
+        if response.status_code != 200:  # refused before streaming: an ordinary error answer
+            body = await response.aread()
+            await response.aclose()
+            exchange.status = response.status_code
+            self._record(exchange)
+            return Response(
+                body,
+                status_code=response.status_code,
+                media_type="application/json",
+                headers={"X-Request-Id": exchange.request_id},
+            )
+        exchange.status = 200
+        return RelayResponse(
+            self._relay(response, wants_usage, exchange),
+            media_type="text/event-stream",
+            headers={"X-Request-Id": exchange.request_id, "Cache-Control": "no-cache"},
+        )
+
+    async def _relay(self, response: httpx.Response, wants_usage: bool, exchange: Exchange):
+        """The engine's server-sent events as they arrive. Events are passed on whole and
+        untouched, except the usage event, which is read and dropped unless asked for."""
+        pending = b""
+        try:
+            async for chunk in response.aiter_raw():
+                if exchange.ttft_s is None:
+                    exchange.ttft_s = time.perf_counter() - exchange.started
+                pending += chunk
+                if b"\n\n" not in pending:
+                    continue
+                *events, pending = pending.split(b"\n\n")
+                out = [
+                    event + b"\n\n" for event in events if self._keep(event, wants_usage, exchange)
+                ]
+                if out:
+                    yield b"".join(out)
+            if pending:
+                yield pending
+        except httpx.HTTPError:
+            exchange.status, exchange.code = 502, "engine_stream_broken"
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client went away; closing the engine connection below aborts the generation.
+            exchange.status, exchange.code = 499, "client_disconnected"
+            raise
+        finally:
+            await response.aclose()
+            self._record(exchange)
+
+    @staticmethod
+    def _keep(event: bytes, wants_usage: bool, exchange: Exchange) -> bool:
+        if USAGE_EVENT_MARK not in event or not event.startswith(b"data: {"):
+            return True
+        with contextlib.suppress(ValueError):
+            _read_usage(json.loads(event[len(b"data: ") :]).get("usage"), exchange)
+        return wants_usage
+
+    # --- recording -----------------------------------------------------------------------------
+
+    def _refuse(self, error: GatewayError, exchange: Exchange) -> Response:
+        exchange.status, exchange.code = error.status, error.code
+        self._record(exchange)
+        return error.response(exchange.request_id)
+
+    def _record(self, exchange: Exchange) -> None:
+        elapsed = time.perf_counter() - exchange.started
+        labels = (exchange.adapter, exchange.key_id)
+        metrics = self.metrics
+        metrics.requests.labels(*labels, str(exchange.status)).inc()
+        if exchange.status >= 400:
+            metrics.errors.labels(*labels, exchange.code or str(exchange.status)).inc()
+        else:
+            metrics.latency.labels(*labels, str(exchange.stream).lower()).observe(elapsed)
+        if exchange.ttft_s is not None:
+            metrics.ttft.labels(*labels).observe(exchange.ttft_s)
+        if exchange.prompt_tokens is not None:
+            metrics.tokens_in.labels(*labels).inc(exchange.prompt_tokens)
+        if exchange.completion_tokens is not None:
+            metrics.tokens_out.labels(*labels).inc(exchange.completion_tokens)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(_access_line(exchange, elapsed))
+
+    # --- GET endpoints -------------------------------------------------------------------------
+
+    async def list_models(self, request: Request) -> Response:
+        try:
+            key = self.auth.authenticate(request.headers.get("authorization"))
+        except GatewayError as error:
+            return error.response()
+        entries = await self.catalog.entries()
+        cards = [entry.card() for entry in entries if key.may_use(entry.name)]
+        return JSONResponse({"object": "list", "data": cards})
+
+    async def health(self) -> Response:
+        engine, registry = await asyncio.gather(self._engine_health(), self._registry_health())
+        healthy = engine == "ok" and registry in ("ok", "not configured")
+        body = {
+            "status": "ok" if healthy else "unavailable",
+            "engine": engine,
+            "registry": registry,
+        }
+        return JSONResponse(body, status_code=200 if healthy else 503)
+
+    async def _engine_health(self) -> str:
+        try:
+            response = await self.client.get("/health", timeout=2.0)
+        except httpx.HTTPError as error:
+            return f"unreachable: {type(error).__name__}"
+        return "ok" if response.status_code == 200 else f"HTTP {response.status_code}"
+
+    async def _registry_health(self) -> str:
+        registry = self.settings.registry
+        if registry is None:
+            return "not configured"
+        uri = registry.config.tracking_uri
+        if uri.startswith(("http://", "https://")):
+            try:
+                async with httpx.AsyncClient(trust_env=False, timeout=2.0) as client:
+                    response = await client.get(f"{uri.rstrip('/')}/health")
+            except httpx.HTTPError as error:
+                return f"unreachable: {type(error).__name__}"
+            return "ok" if response.status_code == 200 else f"HTTP {response.status_code}"
+        try:
+            await asyncio.to_thread(registry.list)
+        except Exception as error:
+            return f"unavailable: {type(error).__name__}"
+        return "ok"
+
+    async def metrics_page(self) -> Response:
+        return Response(self.metrics.render(), media_type=self.metrics.content_type)
+
+
+class RelayResponse(StreamingResponse):
+    """A streaming response that always closes its source, so the engine connection (and with
+    it the generation) ends as soon as the client goes away."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()
+
+
+async def _client_disconnect(request: Request) -> None:
+    """Returns when the client closes its connection (the body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _read_usage(usage: dict | None, exchange: Exchange) -> None:
+    if usage:
+        exchange.prompt_tokens = usage.get("prompt_tokens")
+        exchange.completion_tokens = usage.get("completion_tokens")
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        413, f"request body is over the limit of {limit:,} bytes", code="request_too_large"
+    )
+
+
+def _engine_error(error: httpx.HTTPError) -> GatewayError:
+    if isinstance(error, httpx.TimeoutException):
+        return GatewayError(504, "the engine did not answer in time", code="engine_timeout")
+    return GatewayError(
+        503, f"the engine is unavailable ({type(error).__name__})", code="engine_unavailable"
+    )
+
+
+def _access_line(exchange: Exchange, elapsed: float) -> str:
+    """One JSON object per request. Never the API key, the prompt or the answer."""
+    line = {
+        "request_id": exchange.request_id,
+        "key_id": exchange.key_id,
+        "model": exchange.model,
+        "stream": exchange.stream,
+        "status": exchange.status,
+        "code": exchange.code,
+        "images": exchange.images,
+        "duration_ms": round(elapsed * 1000, 2),
+        "ttft_ms": None if exchange.ttft_s is None else round(exchange.ttft_s * 1000, 2),
+        "prompt_tokens": exchange.prompt_tokens,
+        "completion_tokens": exchange.completion_tokens,
+    }
+    return json.dumps(line, separators=(",", ":"))
