@@ -133,7 +133,6 @@ def gateway(engines, registry, keys) -> Iterator[GatewayServer]:
     """The gateway in front of the tiny multimodal engine. Its image policy allows exactly one
     host, images.test (the loopback image server), on top of the default policy."""
     engine = engines.get(BASE)
-    )  # DEV-ONLY
     policy = FetchPolicy(
         allowed_schemes=frozenset({"http", "https"}),
         allow_loopback=True,
