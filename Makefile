@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 GEMLORA := .venv/bin/gemlora
 
-.PHONY: install models data demo lint test test-fast clean help
+.PHONY: install models data demo lint test test-fast bench-gateway clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ test: install  ## the whole test suite (real MLflow, real vLLM engines; ~20 min 
 
 test-fast: install  ## tests that need no vLLM engine
 	$(PY) -m pytest -m "not engine"
+
+bench-gateway: install  ## gateway overhead vs vLLM directly at 1/8/32 clients (JSON; ~10 min)
+	$(PY) benchmarks/gateway.py --out benchmarks/results/gateway.json
 
 clean:  ## remove environments and caches in the tree (not $$GEMLORA_HOME)
 	rm -rf .venv .venv-quant .pytest_cache .ruff_cache *.egg-info

@@ -4,7 +4,7 @@ keys, request validation, image policy, /v1/models from the registry, metrics, a
     from serve.gateway import GatewayConfig, GatewaySettings, create_app
 """
 
-from serve.gateway.app import Gateway, GatewaySettings, create_app
+from serve.gateway.app import Gateway, GatewaySettings, create_app, run_gateway
 from serve.gateway.auth import ApiKey, Authenticator, hash_key, load_keys, new_key
 from serve.gateway.config import GatewayConfig, ImagePolicy, SamplingDefaults
 from serve.gateway.errors import GatewayError
@@ -24,4 +24,5 @@ __all__ = [
     "hash_key",
     "load_keys",
     "new_key",
+    "run_gateway",
 ]

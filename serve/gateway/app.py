@@ -23,6 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import aiohttp
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -38,6 +39,7 @@ from serve.gateway.images import ImageConverter
 from serve.gateway.metrics import GatewayMetrics
 from serve.gateway.models import ModelCatalog
 from serve.gateway.schema import ChatCompletionRequest, StreamOptions
+from serve.gateway.upstream import EngineClient, UpstreamStream
 
 logger = logging.getLogger("gemlora.gateway")
 access_log = logging.getLogger("gemlora.gateway.access")
@@ -89,12 +91,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         finally:
             await gateway.close()
 
-    app = FastAPI(title="gemlora gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="gemlora gateway", lifespan=lifespan, openapi_url=None)
     app.state.gateway = gateway
-    app.add_api_route(CHAT_PATH, gateway.chat_completions, methods=["POST"])
-    app.add_api_route("/v1/models", gateway.list_models, methods=["GET"])
-    app.add_api_route("/health", gateway.health, methods=["GET"])
-    app.add_api_route("/metrics", gateway.metrics_page, methods=["GET"])
+    # Plain routes (request in, response out): the handlers parse and validate the body
+    # themselves, so FastAPI's per-request dependency machinery would only add latency.
+    app.add_route(CHAT_PATH, gateway.chat_completions, methods=["POST"])
+    app.add_route("/v1/models", gateway.list_models, methods=["GET"])
+    app.add_route("/health", gateway.health, methods=["GET"])
+    app.add_route("/metrics", gateway.metrics_page, methods=["GET"])
     app.add_exception_handler(StarletteHTTPException, _http_error)
     return app
 
@@ -102,6 +106,30 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
     """Unknown paths and methods answer in the OpenAI shape too."""
     return GatewayError(error.status_code, str(error.detail), code="unknown_route").response()
+
+
+def run_gateway(settings: GatewaySettings) -> None:
+    """Serve on the config's host and port until Ctrl-C (uvicorn then drains open requests and
+    returns), with one JSON access line per request on stderr."""
+    import uvicorn
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access_log.addHandler(handler)
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False
+    config = settings.config
+    app = create_app(settings)
+    # uvicorn's own access log and proxy-header rewriting are off: the gateway logs itself and
+    # is the first hop.
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+    )
 
 
 class Gateway:
@@ -123,19 +151,13 @@ class Gateway:
             self.served_name, settings.base, settings.registry, self.config.models_cache_s
         )
         self.metrics = GatewayMetrics()
-        self.client: httpx.AsyncClient | None = None
+        self.engine = EngineClient(settings.engine_url, self.config.engine_timeout_s)
 
     async def start(self) -> None:
-        self.client = httpx.AsyncClient(
-            base_url=self.settings.engine_url,
-            timeout=httpx.Timeout(self.config.engine_timeout_s, connect=5.0),
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
-            trust_env=False,
-        )
+        await self.engine.start()
 
     async def close(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
+        await self.engine.close()
 
     # --- POST /v1/chat/completions ------------------------------------------------------------
 
@@ -223,7 +245,7 @@ class Gateway:
 
     async def _complete(self, request: Request, payload: bytes, exchange: Exchange) -> Response:
         upstream = asyncio.ensure_future(
-            self.client.post(CHAT_PATH, content=payload, headers=self._headers(exchange))
+            self.engine.post(CHAT_PATH, payload, self._headers(exchange))
         )
         disconnect = asyncio.ensure_future(_client_disconnect(request))
         try:
@@ -237,17 +259,14 @@ class Gateway:
             exchange.status, exchange.code = 499, "client_disconnected"
             self._record(exchange)
             return Response(status_code=499)
-        try:
-            response = upstream.result()
-        except httpx.HTTPError as error:
-            raise _engine_error(error) from None
-        if response.status_code == 200:
-            _read_usage(json.loads(response.content).get("usage"), exchange)
-        exchange.status = response.status_code
+        status, body = upstream.result()  # a GatewayError if the engine failed
+        if status == 200:
+            _read_usage(json.loads(body).get("usage"), exchange)
+        exchange.status = status
         self._record(exchange)
         return Response(
-            response.content,
-            status_code=response.status_code,
+            body,
+            status_code=status,
             media_type="application/json",
             headers={"X-Request-Id": exchange.request_id},
         )
@@ -255,37 +274,31 @@ class Gateway:
     async def _stream(
         self, request: Request, payload: bytes, wants_usage: bool, exchange: Exchange
     ) -> Response:
-        upstream_request = self.client.build_request(
-            "POST", CHAT_PATH, content=payload, headers=self._headers(exchange)
-        )
-        try:
-            response = await self.client.send(upstream_request, stream=True)
-        except httpx.HTTPError as error:
-            raise _engine_error(error) from None
-        if response.status_code != 200:  # refused before streaming: an ordinary error answer
-            body = await response.aread()
-            await response.aclose()
-            exchange.status = response.status_code
+        upstream = await self.engine.stream(CHAT_PATH, payload, self._headers(exchange))
+        if upstream.status != 200:  # refused before streaming: an ordinary error answer
+            body = await upstream.read()
+            upstream.close()
+            exchange.status = upstream.status
             self._record(exchange)
             return Response(
                 body,
-                status_code=response.status_code,
+                status_code=upstream.status,
                 media_type="application/json",
                 headers={"X-Request-Id": exchange.request_id},
             )
         exchange.status = 200
         return RelayResponse(
-            self._relay(response, wants_usage, exchange),
+            self._relay(upstream, wants_usage, exchange),
             media_type="text/event-stream",
             headers={"X-Request-Id": exchange.request_id, "Cache-Control": "no-cache"},
         )
 
-    async def _relay(self, response: httpx.Response, wants_usage: bool, exchange: Exchange):
+    async def _relay(self, upstream: UpstreamStream, wants_usage: bool, exchange: Exchange):
         """The engine's server-sent events as they arrive. Events are passed on whole and
         untouched, except the usage event, which is read and dropped unless asked for."""
         pending = b""
         try:
-            async for chunk in response.aiter_raw():
+            async for chunk in upstream.chunks():
                 if exchange.ttft_s is None:
                     exchange.ttft_s = time.perf_counter() - exchange.started
                 pending += chunk
@@ -299,7 +312,7 @@ class Gateway:
                     yield b"".join(out)
             if pending:
                 yield pending
-        except httpx.HTTPError:
+        except (TimeoutError, aiohttp.ClientError):
             exchange.status, exchange.code = 502, "engine_stream_broken"
             raise
         except (asyncio.CancelledError, GeneratorExit):
@@ -307,7 +320,7 @@ class Gateway:
             exchange.status, exchange.code = 499, "client_disconnected"
             raise
         finally:
-            await response.aclose()
+            upstream.close()
             self._record(exchange)
 
     @staticmethod
@@ -354,7 +367,7 @@ class Gateway:
         cards = [entry.card() for entry in entries if key.may_use(entry.name)]
         return JSONResponse({"object": "list", "data": cards})
 
-    async def health(self) -> Response:
+    async def health(self, _request: Request) -> Response:
         engine, registry = await asyncio.gather(self._engine_health(), self._registry_health())
         healthy = engine == "ok" and registry in ("ok", "not configured")
         body = {
@@ -365,11 +378,7 @@ class Gateway:
         return JSONResponse(body, status_code=200 if healthy else 503)
 
     async def _engine_health(self) -> str:
-        try:
-            response = await self.client.get("/health", timeout=2.0)
-        except httpx.HTTPError as error:
-            return f"unreachable: {type(error).__name__}"
-        return "ok" if response.status_code == 200 else f"HTTP {response.status_code}"
+        return await self.engine.health()
 
     async def _registry_health(self) -> str:
         registry = self.settings.registry
@@ -389,7 +398,7 @@ class Gateway:
             return f"unavailable: {type(error).__name__}"
         return "ok"
 
-    async def metrics_page(self) -> Response:
+    async def metrics_page(self, _request: Request) -> Response:
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
 
 
@@ -419,14 +428,6 @@ def _read_usage(usage: dict | None, exchange: Exchange) -> None:
 def _too_large(limit: int) -> GatewayError:
     return GatewayError(
         413, f"request body is over the limit of {limit:,} bytes", code="request_too_large"
-    )
-
-
-def _engine_error(error: httpx.HTTPError) -> GatewayError:
-    if isinstance(error, httpx.TimeoutException):
-        return GatewayError(504, "the engine did not answer in time", code="engine_timeout")
-    return GatewayError(
-        503, f"the engine is unavailable ({type(error).__name__})", code="engine_unavailable"
     )
 
 

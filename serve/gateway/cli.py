@@ -1,0 +1,155 @@
+"""`gemlora serve CONFIG.yaml`: MLflow (when the registry is a local server that is not running),
+the vLLM engine and the gateway, in the foreground; Ctrl-C stops all three.
+`gemlora keys new ID`: a new API key, stored hashed in a keys file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlparse
+
+import typer
+from rich.console import Console
+
+console = Console(highlight=False, soft_wrap=True)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+keys_app = typer.Typer(no_args_is_help=True, help="Create API keys for the gateway.")
+
+
+def serve(
+    config_path: Annotated[Path, typer.Argument(help="Serve config (configs/serve/*.yaml).")],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a field: --set gateway.port=8001 (repeatable)."),
+    ] = None,
+    no_auth: Annotated[
+        bool,
+        typer.Option("--no-auth", help="No API keys (local use only: binds 127.0.0.1)."),
+    ] = False,
+) -> None:
+    """Serve the config's base and registry adapters behind the OpenAI-compatible gateway.
+
+    Starts MLflow if the registry is a local server that is not running, then the vLLM engine
+    (1-3 minutes on CPU), then the gateway; Ctrl-C stops all of them."""
+    from gemlora.config import ConfigError
+    from serve.config import load_serve_config
+
+    overrides = list(overrides or [])
+    if no_auth:
+        overrides += ["gateway.auth=false", "gateway.host=127.0.0.1"]
+    try:
+        config = load_serve_config(config_path, overrides)
+    except ConfigError as error:
+        errors.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    with contextlib.ExitStack() as running:
+        try:
+            _start_mlflow_if_local(config.registry, running)
+            engine = _start_engine(config, running)
+            _run_gateway(config, engine)
+        except KeyboardInterrupt:
+            console.print("stopping ...")
+        except (RuntimeError, TimeoutError, ValueError, LookupError) as error:
+            errors.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(1) from None
+    console.print("stopped")
+
+
+def _start_mlflow_if_local(registry, running: contextlib.ExitStack) -> None:
+    from adapters import start_mlflow_server
+    from gemlora.paths import gemlora_home
+
+    if registry is None:
+        return
+    url = urlparse(registry.tracking_uri)
+    if url.scheme != "http" or url.hostname not in ("127.0.0.1", "localhost"):
+        return  # a remote server or a database: not ours to start
+    if _answers(f"{registry.tracking_uri.rstrip('/')}/health"):
+        console.print(f"registry: MLflow already running at {registry.tracking_uri}")
+        return
+    with console.status(f"starting MLflow at {registry.tracking_uri} ..."):
+        server = start_mlflow_server(gemlora_home(), url.port or 80)
+    running.callback(server.stop)
+    console.print(f"registry: started MLflow at {server.url} (data in {gemlora_home()}/mlflow)")
+
+
+def _start_engine(config, running: contextlib.ExitStack):
+    from gemlora.paths import gemlora_home
+    from serve.engine import start_engine
+
+    log = gemlora_home() / "logs" / f"engine-{config.engine.port}.log"
+    engine = start_engine(config.engine, log, registry=config.registry, wait=False)
+    running.callback(engine.stop)  # also when Ctrl-C comes during start-up
+    with console.status(f"starting vLLM on {config.engine.base} (log: {log}) ..."):
+        engine.wait_ready()
+    console.print(f"engine: {engine.url} serving {engine.served_name!r}")
+    return engine
+
+
+def _run_gateway(config, engine) -> None:
+    from adapters import AdapterRegistry
+    from serve.gateway import GatewaySettings, run_gateway
+
+    gateway = config.gateway
+    registry = AdapterRegistry(config.registry) if config.registry else None
+    settings = GatewaySettings(
+        gateway, engine.url, config.engine.base, engine.served_name, registry
+    )
+    auth = "API keys required" if gateway.auth else "no auth (loopback only)"
+    console.print(f"gateway: http://{gateway.host}:{gateway.port}/v1 ({auth}); Ctrl-C stops")
+    run_gateway(settings)
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@keys_app.command("new")
+def new_key_command(
+    key_id: Annotated[str, typer.Argument(help="Name of the key in logs and metrics.")],
+    keys_file: Annotated[
+        Path, typer.Option("--file", help="Keys file to add the key to (created if missing).")
+    ],
+    models: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="fnmatch pattern of models it may use (repeatable)."),
+    ] = None,
+    rpm: Annotated[
+        int | None, typer.Option("--rpm", help="Requests per minute (default: unlimited).")
+    ] = None,
+) -> None:
+    """Create an API key: its sha256 goes into the keys file, the key is printed once."""
+    from serve.gateway.auth import ApiKey, hash_key, keys_document, new_key, parse_keys
+
+    try:
+        existing = parse_keys(keys_file.read_text(), str(keys_file)) if keys_file.exists() else []
+    except ValueError as error:
+        errors.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    if any(key.id == key_id for key in existing):
+        errors.print(f"[red]error:[/red] {keys_file} already has a key {key_id!r}")
+        raise typer.Exit(1)
+    secret = new_key()
+    try:
+        key = ApiKey(
+            id=key_id,
+            sha256=hash_key(secret),
+            models=tuple(models or ["*"]),
+            requests_per_minute=rpm,
+        )
+    except ValueError as error:
+        errors.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from None
+    keys_file.parent.mkdir(parents=True, exist_ok=True)
+    keys_file.write_text(keys_document([*existing, key]))
+    keys_file.chmod(0o600)
+    console.print(f"added key {key_id!r} to {keys_file}; the key (shown only now):")
+    typer.echo(secret)

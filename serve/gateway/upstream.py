@@ -1,0 +1,90 @@
+"""The gateway's one pooled HTTP client to the vLLM engine.
+
+aiohttp rather than httpx: on this hop every microsecond counts, and measured here (2-core CPU
+machine, 1 client, a trivial upstream) an httpx.AsyncClient round trip cost the gateway 2.2 ms
+of CPU per request against 0.6 ms for aiohttp (C HTTP parser): httpx alone would exceed the
+gateway's 2 ms latency budget. aiohttp is already installed with vLLM and MLflow.
+
+Closing a response before its end closes the connection, which is how vLLM learns that the
+client has gone and aborts the generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+
+from serve.gateway.errors import GatewayError
+
+
+@dataclass
+class UpstreamStream:
+    """A streamed answer: the status, and the body as raw chunks when they arrive."""
+
+    status: int
+    response: aiohttp.ClientResponse
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self.response.content.iter_any()
+
+    async def read(self) -> bytes:
+        return await self.response.read()
+
+    def close(self) -> None:
+        self.response.close()
+
+
+class EngineClient:
+    def __init__(self, engine_url: str, timeout_s: float) -> None:
+        self.engine_url = engine_url.rstrip("/")
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=timeout_s)
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=512, limit_per_host=512, keepalive_timeout=60)
+        self.session = aiohttp.ClientSession(
+            self.engine_url,
+            connector=connector,
+            timeout=self.timeout,
+            auto_decompress=False,
+            trust_env=False,
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def post(self, path: str, payload: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        """A whole answer: (status, body)."""
+        try:
+            async with self.session.post(path, data=payload, headers=headers) as response:
+                return response.status, await response.read()
+        except (TimeoutError, aiohttp.ClientError) as error:
+            raise engine_error(error) from None
+
+    async def stream(self, path: str, payload: bytes, headers: dict[str, str]) -> UpstreamStream:
+        """An answer whose body is read as it arrives; the caller closes it."""
+        try:
+            response = await self.session.post(path, data=payload, headers=headers)
+        except (TimeoutError, aiohttp.ClientError) as error:
+            raise engine_error(error) from None
+        return UpstreamStream(response.status, response)
+
+    async def health(self) -> str:
+        try:
+            async with self.session.get("/health", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                return "ok" if r.status == 200 else f"HTTP {r.status}"
+        except (TimeoutError, aiohttp.ClientError) as error:
+            return f"unreachable: {type(error).__name__}"
+
+
+def engine_error(error: Exception) -> GatewayError:
+    if isinstance(error, asyncio.TimeoutError):
+        return GatewayError(504, "the engine did not answer in time", code="engine_timeout")
+    return GatewayError(
+        503, f"the engine is unavailable ({type(error).__name__})", code="engine_unavailable"
+    )
