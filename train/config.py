@@ -1,0 +1,380 @@
+"""The training config: one YAML file, validated, every field documented with its default.
+
+    config = load_config("configs/train/style-270m.yaml", ["training.lr=1e-4"])
+
+Sections: `base` (model, quantization, dtype), `lora`, `data`, `training`, `eval`, `output`.
+Unknown fields and wrong types are errors that name the field (`training.lr: ...`). Relative
+paths in a YAML file are relative to that file; paths given with `--set` are relative to the
+current directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from adapters.refs import validate_alias, validate_name
+from gemlora.bases import load_catalogue
+
+Quantization = Literal["none", "bnb-nf4", "bnb-int8", "dequantized"]
+
+LANGUAGE_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+VISION_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+
+FP16_REFUSED = (
+    "fp16 is refused for Gemma 3: Gemma 3 was trained in bf16 and its activations exceed "
+    "fp16's range (max 65504), so fp16 training overflows to inf/NaN; use bf16, or fp32 on "
+    "hardware without bf16"
+)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; `problems` holds one `path: message` line per error."""
+
+    def __init__(self, problems: list[str], source: str = "config") -> None:
+        self.problems = problems
+        super().__init__(f"invalid {source}:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BaseSection(Section):
+    """The base model LoRA is trained on."""
+
+    model: str = Field(
+        default="gemma-3-270m",
+        description="A name from `gemlora models list`, a model directory or a Hugging Face "
+        "Hub id.",
+    )
+    revision: str | None = Field(
+        default=None, description="Hub revision (commit, tag or branch); None: the catalogue's."
+    )
+    quantization: Quantization = Field(
+        default="none",
+        description="How the base is loaded: `none` (its own dtype), `bnb-nf4` (QLoRA, 4-bit "
+        "NF4), `bnb-int8` (8-bit), or `dequantized`: a compressed-tensors base (the W4A16 base "
+        "you serve) unpacked to the compute dtype, so the adapter is trained on the base you "
+        "serve.",
+    )
+    compute_dtype: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto",
+        description="Weights and compute dtype. `auto`: bf16 where the hardware runs it natively "
+        "(CUDA GPUs with bf16, CPUs with AVX512-BF16 or AMX), else fp32 (elsewhere bf16 matmuls "
+        "are emulated, 50x slower). fp16 is refused for Gemma 3.",
+    )
+
+    @field_validator("compute_dtype", mode="before")
+    @classmethod
+    def _refuse_fp16(cls, value: Any) -> Any:
+        if str(value).lower() in ("fp16", "float16", "half"):
+            raise ValueError(FP16_REFUSED)
+        return value
+
+    @model_validator(mode="after")
+    def _dequantized_needs_quantized_base(self) -> BaseSection:
+        spec = load_catalogue().get(self.model)
+        if spec is None:
+            return self  # a directory or hub id: checked when it is loaded
+        if self.quantization == "dequantized" and spec.quantization == "none":
+            raise ValueError(
+                f"quantization 'dequantized' needs a compressed-tensors base, but {spec.name} "
+                "is not quantized: use quantization 'none' (or a '-w4a16'/'-int4' base)"
+            )
+        if self.quantization != "dequantized" and spec.quantization != "none":
+            raise ValueError(
+                f"{spec.name} is a {spec.quantization} base, which can only be trained "
+                "dequantized: set base.quantization to 'dequantized'"
+            )
+        return self
+
+
+class LoraSection(Section):
+    """The LoRA adapter (PEFT `LoraConfig`)."""
+
+    r: int = Field(default=16, ge=1, le=512, description="Rank.")
+    alpha: float = Field(default=32, gt=0, description="Scaling numerator (lora_alpha).")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(LANGUAGE_TARGETS),
+        min_length=1,
+        description="Projections of the language model to adapt (attention and MLP by default); "
+        "the vision tower is never matched by these.",
+    )
+    train_vision_tower: bool = Field(
+        default=False, description="Also adapt the SigLIP vision tower (multimodal bases)."
+    )
+    vision_target_modules: list[str] = Field(
+        default_factory=lambda: list(VISION_TARGETS),
+        description="Vision tower projections adapted when `train_vision_tower` is set.",
+    )
+    use_rslora: bool = Field(default=False, description="Rank-stabilized scaling alpha/sqrt(r).")
+    use_dora: bool = Field(
+        default=False,
+        description="Weight-decomposed LoRA. vLLM cannot serve DoRA adapters, so it needs "
+        "`output.register_adapter: false`.",
+    )
+
+
+class DataSection(Section):
+    """The dataset, read and validated by `data/`."""
+
+    train_file: Path = Field(
+        description="Required. Training data: OpenAI chat JSONL, a Hugging Face dataset "
+        "(directory, parquet or jsonl) or ShareGPT/LLaVA JSON."
+    )
+    eval_file: Path | None = Field(
+        default=None, description="Held-out data; None: split `eval_fraction` off the train file."
+    )
+    eval_fraction: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="Share of the train file held out (by content hash) when there is no "
+        "eval file; 0: no evaluation.",
+    )
+    format: Literal["openai", "hf", "sharegpt"] | None = Field(
+        default=None, description="Dataset format; None: detected."
+    )
+    max_length: int | None = Field(
+        default=None, ge=16, description="Token limit per example; None: the base's context."
+    )
+    overlong: Literal["refuse", "drop"] = Field(
+        default="refuse",
+        description="Examples over `max_length`: `refuse` fails the run, `drop` leaves them out "
+        "with a warning. Never truncated.",
+    )
+    max_images: int = Field(default=8, ge=0, description="Images per example at most.")
+    max_image_bytes: int = Field(default=20_000_000, gt=0, description="Bytes per image at most.")
+    max_image_pixels: int = Field(default=50_000_000, gt=0, description="Pixels per image at most.")
+
+
+class TrainingSection(Section):
+    """The optimisation (TRL `SFTConfig`)."""
+
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Optimizer steps; None: train for `epochs`."
+    )
+    epochs: float = Field(default=1.0, gt=0, description="Passes over the train set.")
+    batch_size: int = Field(default=4, ge=1, description="Examples per device per micro-batch.")
+    gradient_accumulation: int = Field(
+        default=1, ge=1, description="Micro-batches per optimizer step."
+    )
+    lr: float = Field(default=2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        default="linear", description="Learning-rate schedule after warmup."
+    )
+    warmup_ratio: float = Field(
+        default=0.0, ge=0, lt=1, description="Share of the steps spent warming up."
+    )
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm.")
+    optimizer: str = Field(
+        default="adamw_torch",
+        description="A transformers optimizer name, e.g. `paged_adamw_8bit` for QLoRA on a GPU.",
+    )
+    seed: int = Field(default=42, description="Seed for initialisation and data order.")
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in backward: less memory, ~30% slower."
+    )
+    save_steps: int = Field(default=50, ge=1, description="Checkpoint every N optimizer steps.")
+    save_total_limit: int = Field(default=2, ge=1, description="Checkpoints kept on disk.")
+    eval_steps: int | None = Field(
+        default=None, ge=1, description="Eval loss every N steps; None: once, after training."
+    )
+    logging_steps: int = Field(default=1, ge=1, description="Log metrics every N steps.")
+
+
+class EvalSection(Section):
+    """The generation eval after training: base and adapter answer held-out prompts."""
+
+    generation_examples: int = Field(
+        default=16,
+        ge=0,
+        description="Held-out examples to generate for (greedy), scored by exact and contains "
+        "match against the reference answer; 0: skip.",
+    )
+    max_new_tokens: int = Field(default=64, ge=1, description="Tokens generated per answer.")
+
+
+class PromoteIf(Section):
+    """Move an alias to the new version when its eval score beats the current holder's."""
+
+    metric: Literal["exact", "contains", "base_exact", "base_contains", "eval_loss"] = Field(
+        default="contains",
+        description="An eval score: the adapter's `exact` or `contains` match rate, the base's "
+        "(`base_exact`, `base_contains`), or `eval_loss` (with higher_is_better false).",
+    )
+    to: str = Field(default="champion", description="The alias to move.")
+    higher_is_better: bool = Field(default=True, description="False for losses.")
+
+    @field_validator("to")
+    @classmethod
+    def _valid_alias(cls, alias: str) -> str:
+        return validate_alias(alias)
+
+
+class OutputSection(Section):
+    """Where the run is tracked and how the adapter is registered."""
+
+    name: str = Field(description="Required. The registered adapter (MLflow registered model).")
+    alias: str | None = Field(
+        default="candidate", description="Alias pointed at the new version; None: no alias."
+    )
+    register_adapter: bool = Field(
+        default=True, description="Register the adapter in the MLflow registry after training."
+    )
+    promote_if: PromoteIf | None = Field(
+        default=None, description="e.g. `{metric: contains, to: champion}`; None: never promote."
+    )
+    experiment: str = Field(default="gemlora-training", description="MLflow experiment.")
+    run_name: str | None = Field(default=None, description="MLflow run name; None: generated.")
+    tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow run tags.")
+    tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow server URL or database URI; None: $MLFLOW_TRACKING_URI, else the "
+        "local server `gemlora ui` starts (http://127.0.0.1:5000).",
+    )
+    dir: Path | None = Field(
+        default=None,
+        description="The run directory (checkpoints, progress.jsonl, adapter); None: "
+        "$GEMLORA_HOME/runs/<name>/<timestamp>.",
+    )
+    system_metrics_interval_s: float = Field(
+        default=10, gt=0, description="Seconds between MLflow system-metric samples."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        return validate_name(name)
+
+    @field_validator("alias")
+    @classmethod
+    def _valid_alias(cls, alias: str | None) -> str | None:
+        return alias if alias is None else validate_alias(alias)
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _server_or_database(cls, uri: str | None) -> str | None:
+        from adapters import RegistryConfig
+
+        if uri is not None:
+            try:
+                RegistryConfig(tracking_uri=uri)
+            except ValidationError as error:
+                raise ValueError(error.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        return uri
+
+    def resolved_tracking_uri(self) -> str:
+        from adapters.registry import DEFAULT_TRACKING_URI
+
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+class TrainConfig(Section):
+    """One fine-tune: `gemlora train CONFIG.yaml`."""
+
+    base: BaseSection = Field(default_factory=BaseSection, description="The base model.")
+    lora: LoraSection = Field(default_factory=LoraSection, description="The adapter.")
+    data: DataSection = Field(description="Required. The dataset.")
+    training: TrainingSection = Field(
+        default_factory=TrainingSection, description="The optimisation."
+    )
+    eval: EvalSection = Field(default_factory=EvalSection, description="The generation eval.")
+    output: OutputSection = Field(description="Required. Tracking and registration.")
+
+    @model_validator(mode="after")
+    def _dora_is_not_servable(self) -> TrainConfig:
+        if self.lora.use_dora and self.output.register_adapter:
+            raise ValueError(
+                "lora.use_dora: vLLM cannot serve DoRA adapters, so the registry refuses them; "
+                "set output.register_adapter to false to train one anyway"
+            )
+        return self
+
+    def flat(self) -> dict[str, str]:
+        """Every field as `section.field` -> text, for MLflow params."""
+        return _flatten(self.model_dump(mode="json"))
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML config, apply `--set` overrides, validate. Raises `ConfigError` naming every
+    bad field."""
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise ConfigError([f"cannot read {path}: {error.strerror}"], str(path)) from None
+    except yaml.YAMLError as error:
+        raise ConfigError([f"not valid YAML: {error}"], str(path)) from None
+    if not isinstance(document, dict):
+        problem = "the file must hold a mapping of sections (base:, data:, ...)"
+        raise ConfigError([problem], str(path))
+    _resolve_paths(document, path.resolve().parent)
+    for override in overrides:
+        _apply_override(document, override, str(path))
+    _resolve_paths(document, Path.cwd())
+    return parse_config(document, str(path))
+
+
+def parse_config(document: dict[str, Any], source: str = "config") -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(document)
+    except ValidationError as error:
+        raise ConfigError([_describe(e) for e in error.errors()], source) from None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown field"
+    elif error["type"] == "missing":
+        message = "required field is missing"
+    return f"{path}: {message}"
+
+
+def _apply_override(document: dict[str, Any], override: str, source: str) -> None:
+    key, equals, text = override.partition("=")
+    if not equals or not key.strip():
+        problem = f"--set {override!r}: expected KEY=VALUE, e.g. training.lr=1e-4"
+        raise ConfigError([problem], source)
+    *sections, field = key.strip().split(".")
+    node = document
+    for depth, section in enumerate(sections):
+        node = node.setdefault(section, {})
+        if not isinstance(node, dict):
+            where = ".".join(sections[: depth + 1])
+            raise ConfigError([f"--set {key}: {where} is a value, not a section"], source)
+    node[field] = yaml.safe_load(text) if text.strip() else None
+
+
+_PATH_FIELDS = (("data", "train_file"), ("data", "eval_file"), ("output", "dir"))
+
+
+def _resolve_paths(document: dict[str, Any], relative_to: Path) -> None:
+    """Make relative paths absolute (each is resolved once: absolute paths stay as they are)."""
+    for section, field in _PATH_FIELDS:
+        node = document.get(section)
+        if isinstance(node, dict) and isinstance(node.get(field), str):
+            node[field] = os.path.normpath(relative_to / Path(node[field]).expanduser())
+
+
+def _flatten(document: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in document.items():
+        if isinstance(value, dict) and value:
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat

@@ -1,0 +1,152 @@
+"""The run's data: the train and eval examples, validated by `data/` with the base's own
+processor, and their description for MLflow."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from data import (
+    DatasetError,
+    DatasetReport,
+    Example,
+    ImageLimits,
+    ImagePart,
+    Problem,
+    ReadOptions,
+    Source,
+    TextPart,
+    dataset_digest,
+    split_examples,
+    validate_dataset,
+)
+from train.config import DataSection
+
+# MLflow stores a dataset digest in 36 characters; the full sha256 goes into the adapter's
+# metadata and the run's tags.
+MLFLOW_DIGEST_CHARS = 32
+
+
+@dataclass
+class TrainingData:
+    train: list[Example]
+    eval: list[Example]
+    reports: dict[str, DatasetReport]  # "train", and "eval" when read from its own file
+
+    @property
+    def digest(self) -> str:
+        return dataset_digest(self.train)
+
+    def summary(self) -> dict:
+        """What `data-report.json` holds: counts, lengths and every problem, per file."""
+        return {
+            "train_examples": len(self.train),
+            "eval_examples": len(self.eval),
+            "train_digest": self.digest,
+            "files": {side: _report_summary(report) for side, report in self.reports.items()},
+        }
+
+
+def load_training_data(settings: DataSection, base: str) -> TrainingData:
+    """Read and validate the data for `base`. Raises `DatasetError` listing every error with its
+    file and line; warnings (e.g. dropped over-long examples) are kept in the reports."""
+    options = ReadOptions(
+        max_images=settings.max_images,
+        image_limits=ImageLimits(
+            max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+        ),
+    )
+
+    def validated(path: Path) -> DatasetReport:
+        report = validate_dataset(
+            path,
+            settings.format,
+            options=options,
+            model=base,
+            max_length=settings.max_length,
+            overlong=settings.overlong,
+        )
+        if report.errors:
+            raise DatasetError(report.errors[0], report.errors)
+        if not report.examples:
+            raise DatasetError(Problem(Source(path), "", "no usable examples"))
+        return report
+
+    reports = {"train": validated(settings.train_file)}
+    if settings.eval_file is not None:
+        reports["eval"] = validated(settings.eval_file)
+        return TrainingData(reports["train"].examples, reports["eval"].examples, reports)
+    train, held_out = split_examples(reports["train"].examples, settings.eval_fraction)
+    if not train:
+        problem = Problem(
+            Source(settings.train_file), "", "every example went to the eval split: lower "
+            "data.eval_fraction or give data.eval_file",
+        )  # fmt: skip
+        raise DatasetError(problem)
+    return TrainingData(train, held_out, reports)
+
+
+def to_hf_dataset(examples: list[Example], multimodal: bool):
+    """The examples as a Hugging Face dataset of rows the collator takes (see
+    `train.collator`). Images keep their original bytes and decode when a row is read."""
+    from datasets import Dataset, Features, Image, List, Value
+
+    part = {"type": Value("string"), "text": Value("string"), "index": Value("int32")}
+    message = {"role": Value("string"), "weight": Value("int8"), "content": List(part)}
+    features = {"messages": List(message)}
+    if multimodal:
+        features["images"] = List(Image())
+    rows = [example_row(example, multimodal) for example in examples]
+    return Dataset.from_list(rows, features=Features(features))
+
+
+def example_row(example: Example, multimodal: bool = True) -> dict:
+    messages = [
+        {"role": m.role, "weight": m.weight, "content": [_part(p) for p in m.content]}
+        for m in example.messages
+    ]
+    if not multimodal:
+        return {"messages": messages}
+    images = [{"bytes": image.data, "path": None} for image in example.images]
+    return {"messages": messages, "images": images}
+
+
+def _part(part: TextPart | ImagePart) -> dict:
+    if isinstance(part, ImagePart):
+        return {"type": "image", "text": None, "index": part.index}
+    return {"type": "text", "text": part.text, "index": None}
+
+
+def mlflow_dataset(examples: list[Example], source: Path, name: str):
+    """An MLflow dataset for `mlflow.log_input`: one row per example (its canonical JSON, images
+    by pixel digest), named, with the dataset's digest and source file."""
+    import mlflow.data
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "example": [example.canonical_json() for example in examples],
+            "images": [len(example.images) for example in examples],
+        }
+    )
+    digest = dataset_digest(examples)[:MLFLOW_DIGEST_CHARS]
+    return mlflow.data.from_pandas(frame, source=str(source), name=name, digest=digest)
+
+
+def _report_summary(report: DatasetReport) -> dict:
+    stats = report.length_stats()
+    return {
+        "path": str(report.read.path),
+        "format": report.read.format,
+        "records": report.read.records,
+        "examples": len(report.examples),
+        "token_lengths": None if stats is None else asdict(stats),
+        "max_length": report.max_length,
+        "images_per_example": report.images_per_example(),
+        "problems": [str(problem) for problem in report.problems],
+    }
+
+
+def write_report(data: TrainingData, path: Path) -> None:
+    path.write_text(json.dumps(data.summary(), indent=2) + "\n")
