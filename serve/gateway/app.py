@@ -169,8 +169,9 @@ class Gateway:
             self.auth.check_rate(key)
             chat = self._parse(await self._read_body(request))
             exchange.model, exchange.stream = chat.model, chat.stream
-            exchange.adapter = self.adapter_name(chat.model)
-            self.auth.check_model(key, chat.model, exchange.adapter)
+            name = self.adapter_name(chat.model)
+            self.auth.check_model(key, chat.model, name)
+            exchange.adapter = name  # a metrics label only once the key may use it
             exchange.images = await self.images.convert(chat.messages)
             wants_usage = chat.wants_usage_chunk  # before the payload asks for it anyway
             payload = self._upstream_payload(chat)
@@ -340,7 +341,9 @@ class Gateway:
 
     def _record(self, exchange: Exchange) -> None:
         elapsed = time.perf_counter() - exchange.started
-        labels = (exchange.adapter, exchange.key_id)
+        # Unknown model names (404) would make a label per typo: they count as "-".
+        adapter = "-" if exchange.status == 404 else exchange.adapter
+        labels = (adapter, exchange.key_id)
         metrics = self.metrics
         metrics.requests.labels(*labels, str(exchange.status)).inc()
         if exchange.status >= 400:

@@ -103,12 +103,17 @@ def test_health_reports_the_engine_and_the_registry(strict_gateway):
 
 
 def test_metrics_count_requests_by_adapter_and_key(strict_gateway, keys, adapters):
+    strict_gateway.post(chat(adapters.team), keys.team)  # allowed; no engine: 503
     strict_gateway.post(chat(adapters.secret), keys.team)  # 403
     metrics = httpx.get(f"{strict_gateway.url}/metrics").text
-    assert (
-        f'gemlora_gateway_requests_total{{adapter="{adapters.secret}",key_id="team",status="403"}}'
-        in metrics
-    )
+    team = f'adapter="{adapters.team}",key_id="team"'
+    assert f'gemlora_gateway_requests_total{{{team},status="503"}}' in metrics
+    unavailable = f'adapter="{adapters.team}",code="engine_unavailable",key_id="team"'
+    assert f"gemlora_gateway_errors_total{{{unavailable}}}" in metrics
+    # A name the key may not use is no label (callers could make one per request).
+    refused = 'adapter="-",code="model_not_allowed",key_id="team"'
+    assert f"gemlora_gateway_errors_total{{{refused}}}" in metrics
+    assert adapters.secret not in metrics
 
 
 def test_access_log_is_json_with_request_ids_and_no_keys(strict_gateway, keys, caplog):

@@ -27,7 +27,9 @@ def test_chat_applies_the_deployment_defaults(client):
     raw = client.chat.completions.with_raw_response.create(model=BASE, messages=HELLO)
     completion = raw.parse()
 
+    # The gateway's request id reaches the engine, which names the completion after it.
     assert raw.headers["x-request-id"].startswith("gw-")
+    assert completion.id == f"chatcmpl-{raw.headers['x-request-id']}"
     assert completion.model == BASE
     assert completion.choices[0].message.role == "assistant"
     # max_tokens left out: the deployment's default applies, not the engine's (the context).

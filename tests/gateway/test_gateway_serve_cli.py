@@ -1,0 +1,119 @@
+"""`gemlora serve CONFIG.yaml` end to end: it starts MLflow (the config names a local server
+that is not running), the vLLM engine and the gateway; the openai client gets an answer; Ctrl-C
+(SIGINT) stops all three. Also `gemlora keys new` and the commands' --help."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import yaml
+from gateway_helpers import BASE, free_port
+from openai import OpenAI
+
+from gemlora.paths import models_dir
+from serve.gateway import load_keys
+
+GEMLORA = [sys.executable, "-m", "gemlora.cli"]
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"gemlora serve exited with {process.returncode}"
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"{url} not healthy after {timeout_s:.0f} s")
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+def test_serve_starts_mlflow_engine_and_gateway_and_ctrl_c_stops_them(built_models, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models").symlink_to(models_dir())  # the built bases; everything else in tmp
+    ports = {"mlflow": free_port(), "engine": free_port(), "gateway": free_port()}
+    config = {
+        "engine": {"base": BASE, "port": ports["engine"], "max_num_seqs": 4},
+        "registry": {"tracking_uri": f"http://127.0.0.1:{ports['mlflow']}"},
+        "gateway": {"port": ports["gateway"], "defaults": {"max_tokens": 4}},
+    }
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log = (tmp_path / "serve.log").open("wb")
+    process = subprocess.Popen(
+        [*GEMLORA, "serve", str(path), "--no-auth"],
+        env=dict(os.environ, GEMLORA_HOME=str(home)),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{ports['gateway']}"
+    try:
+        wait_healthy(url, process, timeout_s=600)
+        assert httpx.get(f"{url}/health").json()["registry"] == "ok"
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        completion = client.chat.completions.create(
+            model=BASE, messages=[{"role": "user", "content": "Hi"}]
+        )
+        assert completion.usage.completion_tokens <= 4  # the config's default max_tokens
+        assert all(listening(port) for port in ports.values())
+
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=90) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+    output = (tmp_path / "serve.log").read_text()
+    assert "started MLflow" in output and "stopped" in output
+    deadline = time.monotonic() + 30
+    while any(listening(port) for port in ports.values()):
+        assert time.monotonic() < deadline, f"still listening: {ports}\n{output}"
+        time.sleep(0.5)
+
+
+def test_no_auth_refuses_a_public_host_in_the_config(tmp_path):
+    config = {"engine": {"base": BASE}, "gateway": {"host": "0.0.0.0", "auth": False}}
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run([*GEMLORA, "serve", str(path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "only listens on loopback" in result.stderr
+
+
+def test_keys_new_stores_only_the_hash(tmp_path, monkeypatch):
+    monkeypatch.delenv("GEMLORA_API_KEYS", raising=False)
+    keys_file = tmp_path / "keys.yaml"
+    command = [*GEMLORA, "keys", "new", "team-a", "--file", str(keys_file)]
+    result = subprocess.run(
+        [*command, "--model", "team-a-*", "--rpm", "30"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    secret = result.stdout.strip().splitlines()[-1]
+    assert secret.startswith("gl-") and secret not in keys_file.read_text()
+    (key,) = load_keys(keys_file)
+    assert (key.id, key.models, key.requests_per_minute) == ("team-a", ("team-a-*",), 30)
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 1 and "already has a key 'team-a'" in again.stderr
+
+
+@pytest.mark.parametrize("command", [["serve"], ["keys", "new"]])
+def test_commands_have_help(command):
+    result = subprocess.run([*GEMLORA, *command, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "Usage" in result.stdout
