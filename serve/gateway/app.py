@@ -21,6 +21,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -32,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters import AdapterRegistry
 from data.remote import Resolver
+from serve.errors import error_body
 from serve.gateway.auth import ApiKey, Authenticator, load_keys
 from serve.gateway.config import GatewayConfig
 from serve.gateway.errors import GatewayError, validation_error
@@ -78,6 +80,7 @@ class Exchange:
     ttft_s: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    relayed_all: bool = False  # a stream reached its end
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -288,8 +291,16 @@ class Gateway:
                 headers={"X-Request-Id": exchange.request_id},
             )
         exchange.status = 200
+
+        def finish() -> None:
+            upstream.close()  # before the end: the engine sees the connection go and aborts
+            if not exchange.relayed_all and exchange.code is None:
+                exchange.status, exchange.code = 499, "client_disconnected"
+            self._record(exchange)
+
         return RelayResponse(
             self._relay(upstream, wants_usage, exchange),
+            finish,
             media_type="text/event-stream",
             headers={"X-Request-Id": exchange.request_id, "Cache-Control": "no-cache"},
         )
@@ -313,16 +324,12 @@ class Gateway:
                     yield b"".join(out)
             if pending:
                 yield pending
-        except (TimeoutError, aiohttp.ClientError):
+            exchange.relayed_all = True
+        except (TimeoutError, aiohttp.ClientError) as error:
             exchange.status, exchange.code = 502, "engine_stream_broken"
-            raise
-        except (asyncio.CancelledError, GeneratorExit):
-            # The client went away; closing the engine connection below aborts the generation.
-            exchange.status, exchange.code = 499, "client_disconnected"
-            raise
-        finally:
-            upstream.close()
-            self._record(exchange)
+            message = f"the engine connection broke mid-stream ({type(error).__name__})"
+            body = error_body(502, message, code=exchange.code)
+            yield b"data: " + json.dumps(body).encode() + b"\n\n"
 
     @staticmethod
     def _keep(event: bytes, wants_usage: bool, exchange: Exchange) -> bool:
@@ -336,6 +343,8 @@ class Gateway:
 
     def _refuse(self, error: GatewayError, exchange: Exchange) -> Response:
         exchange.status, exchange.code = error.status, error.code
+        if error.status >= 500:
+            logger.warning("request %s: %s", exchange.request_id, error.message)
         self._record(exchange)
         return error.response(exchange.request_id)
 
@@ -406,14 +415,19 @@ class Gateway:
 
 
 class RelayResponse(StreamingResponse):
-    """A streaming response that always closes its source, so the engine connection (and with
-    it the generation) ends as soon as the client goes away."""
+    """A streaming response that always closes its source and then calls `on_close`, also when
+    the client went away before the first chunk."""
+
+    def __init__(self, content, on_close: Callable[[], None], **kwargs) -> None:
+        super().__init__(content, **kwargs)
+        self.on_close = on_close
 
     async def __call__(self, scope, receive, send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
             await self.body_iterator.aclose()
+            self.on_close()
 
 
 async def _client_disconnect(request: Request) -> None:

@@ -11,7 +11,6 @@ client has gone and aborts the generation.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -37,6 +36,13 @@ class UpstreamStream:
         self.response.close()
 
 
+# vLLM's server closes keep-alive connections idle for 5 s. The pool lets them go after 4 s;
+# one closed by the engine at the moment it is reused fails before the engine read anything,
+# and that request is sent once more on a fresh connection.
+KEEPALIVE_S = 4
+STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
 class EngineClient:
     def __init__(self, engine_url: str, timeout_s: float) -> None:
         self.engine_url = engine_url.rstrip("/")
@@ -44,7 +50,7 @@ class EngineClient:
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=512, limit_per_host=512, keepalive_timeout=60)
+        connector = aiohttp.TCPConnector(limit=512, keepalive_timeout=KEEPALIVE_S)
         self.session = aiohttp.ClientSession(
             self.engine_url,
             connector=connector,
@@ -61,7 +67,7 @@ class EngineClient:
     async def post(self, path: str, payload: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         """A whole answer: (status, body)."""
         try:
-            async with self.session.post(path, data=payload, headers=headers) as response:
+            async with await self._send(path, payload, headers) as response:
                 return response.status, await response.read()
         except (TimeoutError, aiohttp.ClientError) as error:
             raise engine_error(error) from None
@@ -69,10 +75,16 @@ class EngineClient:
     async def stream(self, path: str, payload: bytes, headers: dict[str, str]) -> UpstreamStream:
         """An answer whose body is read as it arrives; the caller closes it."""
         try:
-            response = await self.session.post(path, data=payload, headers=headers)
+            response = await self._send(path, payload, headers)
         except (TimeoutError, aiohttp.ClientError) as error:
             raise engine_error(error) from None
         return UpstreamStream(response.status, response)
+
+    async def _send(self, path: str, payload: bytes, headers: dict[str, str]):
+        try:
+            return await self.session.post(path, data=payload, headers=headers)
+        except STALE_CONNECTION:
+            return await self.session.post(path, data=payload, headers=headers)
 
     async def health(self) -> str:
         try:
@@ -83,8 +95,7 @@ class EngineClient:
 
 
 def engine_error(error: Exception) -> GatewayError:
-    if isinstance(error, asyncio.TimeoutError):
+    if isinstance(error, TimeoutError):
         return GatewayError(504, "the engine did not answer in time", code="engine_timeout")
-    return GatewayError(
-        503, f"the engine is unavailable ({type(error).__name__})", code="engine_unavailable"
-    )
+    reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return GatewayError(503, f"the engine is unavailable ({reason})", code="engine_unavailable")
