@@ -6,6 +6,7 @@ import typer
 from adapters.cli import app as adapters_app
 from data.cli import app as data_app
 from train.bases.cli import app as models_app
+from train.cli import train_command, ui_command
 
 app = typer.Typer(
     name="gemlora",
@@ -17,6 +18,8 @@ app = typer.Typer(
 app.add_typer(models_app, name="models", help="Build and list the local Gemma 3 bases.")
 app.add_typer(data_app, name="data", help="Validate and preview chat datasets.")
 app.add_typer(adapters_app, name="adapters", help="Register, alias and resolve LoRA adapters.")
+app.command("train")(train_command)
+app.command("ui")(ui_command)
 
 
 @app.command()

@@ -4,6 +4,7 @@ processor, and their description for MLflow."""
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -124,14 +125,12 @@ def mlflow_dataset(examples: list[Example], source: Path, name: str):
     import mlflow.data
     import pandas as pd
 
-    frame = pd.DataFrame(
-        {
-            "example": [example.canonical_json() for example in examples],
-            "images": [len(example.images) for example in examples],
-        }
-    )
+    frame = pd.DataFrame({"example": [example.canonical_json() for example in examples]})
     digest = dataset_digest(examples)[:MLFLOW_DIGEST_CHARS]
-    return mlflow.data.from_pandas(frame, source=str(source), name=name, digest=digest)
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source twice and warns that a path is ambiguous.
+        warnings.filterwarnings("ignore", message="The specified dataset source")
+        return mlflow.data.from_pandas(frame, source=str(source), name=name, digest=digest)
 
 
 def _report_summary(report: DatasetReport) -> dict:

@@ -1,0 +1,488 @@
+"""`run_training`: one fine-tune, end to end.
+
+    config -> data (validated with the base's processor) -> MLflow run
+      -> base (quantized as configured) + LoRA -> TRL SFTTrainer, checkpoints every N steps
+      -> eval loss, generation eval (base vs adapter) -> adapter registered in the MLflow registry
+
+Everything a run writes goes to its run directory:
+
+    run.json          MLflow run id and resolved config: what `--resume` continues
+    progress.jsonl    events for programs (see `train.tracking`)
+    config.yaml       the resolved config (also an MLflow artifact)
+    data-report.json  the data validation report (also an MLflow artifact)
+    checkpoints/      Trainer checkpoints
+    adapter/          the trained PEFT adapter, as registered
+
+SIGTERM (or Ctrl-C) stops the run within a training step, marks the MLflow run KILLED and
+registers nothing; registration is the last step and rolls itself back if interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from gemlora.bases import BaseSpec, resolve_base
+from gemlora.paths import gemlora_home
+from train.config import ConfigError, TrainConfig, parse_config
+from train.dataset import TrainingData, load_training_data
+
+RUN_FILE = "run.json"
+PROGRESS_FILE = "progress.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+
+
+class TrainingCancelled(BaseException):
+    """SIGTERM asked the run to stop. A BaseException, like KeyboardInterrupt, so that no
+    `except Exception` on the way swallows it."""
+
+
+class RunDirError(RuntimeError):
+    """A run directory that cannot be used for what was asked (new run, or `--resume`)."""
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    run_dir: Path
+    adapter_dir: Path
+    name: str
+    version: int | None  # None when `output.register_adapter` is false
+    global_step: int
+    eval_scores: dict[str, float] = field(default_factory=dict)
+    promoted: bool | None = None  # whether `promote_if` moved its alias; None: not configured
+
+
+def run_training(config: TrainConfig, *, resume: bool = False) -> TrainResult:
+    """Train, evaluate and register one adapter. With `resume`, continue the newest run of
+    `config` (or the run in `output.dir`) from its last checkpoint, in the same MLflow run."""
+    run_dir = resume_dir(config) if resume else new_run_dir(config)
+    progress = _progress_log(run_dir)
+    with sigterm_cancels() as finish:
+        try:
+            result = _run(config, run_dir, resume, progress, finish)
+        except (TrainingCancelled, KeyboardInterrupt) as stop:
+            _end(progress, "cancelled", "KILLED", reason=str(stop) or "interrupted")
+            raise
+        except BaseException as error:
+            _end(progress, "failed", "FAILED", error=f"{type(error).__name__}: {error}")
+            raise
+        _write_state(run_dir, status="finished", version=result.version)
+        _end(
+            progress,
+            "finished",
+            "FINISHED",
+            run_id=result.run_id,
+            name=result.name,
+            version=result.version,
+            step=result.global_step,
+            eval_scores=result.eval_scores,
+        )
+    return result
+
+
+def _run(
+    config: TrainConfig,
+    run_dir: Path,
+    resume: bool,
+    progress,
+    finish: Callable[[], None],
+) -> TrainResult:
+    from train.tracking import check_reachable
+
+    spec = resolve_base(config.base.model)
+    data = load_training_data(config.data, config.base.model)
+    _check_promotion_possible(config, data)
+    tracking_uri = config.output.resolved_tracking_uri()
+    check_reachable(tracking_uri)
+
+    run_id = _start_mlflow_run(config, run_dir, data, spec, resume)
+    progress.write("start", run_id=run_id, run_dir=str(run_dir), resumed=resume)
+    loaded = _load(config, spec)
+    trainer = _trainer(config, loaded, data, run_dir, progress)
+    checkpoint = last_checkpoint(run_dir / CHECKPOINTS_DIR) if resume else None
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+    adapter_dir = run_dir / ADAPTER_DIR
+    trainer.model.save_pretrained(adapter_dir)  # adapter only: the tokenizer is unchanged
+    scores = _evaluate(config, trainer, loaded, data, progress)
+
+    result = TrainResult(
+        run_id, run_dir, adapter_dir, config.output.name, None, trainer.state.global_step, scores
+    )
+    if not config.output.register_adapter:
+        finish()
+        return result
+    registry = _registry(tracking_uri)
+    result.version = _register(config, registry, loaded, data, result)
+    finish()  # registered: from here on the run completes, SIGTERM or not
+    result.promoted = _promote(config, registry, result.version)
+    progress.write("registered", name=result.name, version=result.version, promoted=result.promoted)
+    return result
+
+
+# --- the run directory ------------------------------------------------------------------------
+
+
+def new_run_dir(config: TrainConfig) -> Path:
+    """`output.dir`, which must not hold a run yet, or a fresh timestamped directory under
+    $GEMLORA_HOME/runs/<name>/."""
+    if config.output.dir is not None:
+        run_dir = config.output.dir
+        if (run_dir / RUN_FILE).exists():
+            raise RunDirError(
+                f"{run_dir} already holds a run: pass --resume to continue it, or choose "
+                "another output.dir"
+            )
+    else:
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+        run_dir = _runs_of(config) / stamp
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_state(run_dir, config=config.model_dump(mode="json"), status="created")
+    return run_dir
+
+
+def resume_dir(config: TrainConfig) -> Path:
+    """The run `--resume` continues: `output.dir`, else the newest run of `output.name`. Its
+    config must be the one given now."""
+    if config.output.dir is not None:
+        run_dir = config.output.dir
+    else:
+        runs = sorted(p.parent for p in _runs_of(config).glob(f"*/{RUN_FILE}"))
+        if not runs:
+            raise RunDirError(f"no run of {config.output.name} to resume in {_runs_of(config)}")
+        run_dir = runs[-1]
+    state = read_state(run_dir)
+    if state is None:
+        raise RunDirError(f"no run to resume in {run_dir} (no {RUN_FILE})")
+    if state.get("status") == "finished":
+        raise RunDirError(
+            f"the run in {run_dir} already finished (version {state.get('version')}): start a "
+            "new run instead of --resume"
+        )
+    changed = _changed_fields(parse_config(state["config"]), config)
+    if changed:
+        raise RunDirError(
+            f"cannot resume the run in {run_dir} with a different config (changed: "
+            f"{', '.join(changed)}): resume with the same config, or start a new run"
+        )
+    return run_dir
+
+
+def _runs_of(config: TrainConfig) -> Path:
+    return gemlora_home() / "runs" / config.output.name
+
+
+def read_state(run_dir: Path) -> dict | None:
+    path = run_dir / RUN_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _write_state(run_dir: Path, **changes) -> None:
+    state = (read_state(run_dir) or {}) | changes
+    path = run_dir / RUN_FILE
+    path.with_suffix(".tmp").write_text(json.dumps(state, indent=2) + "\n")
+    path.with_suffix(".tmp").replace(path)  # never a half-written run.json
+
+
+def _changed_fields(before: TrainConfig, now: TrainConfig) -> list[str]:
+    old, new = before.flat(), now.flat()
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def last_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest complete checkpoint: the Trainer writes `trainer_state.json` last, so a
+    checkpoint cut short by a kill has none and is skipped."""
+    complete = [p.parent for p in checkpoints.glob("checkpoint-*/trainer_state.json")]
+    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def _progress_log(run_dir: Path):
+    from train.tracking import ProgressLog
+
+    return ProgressLog(run_dir / PROGRESS_FILE)
+
+
+# --- stopping ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def sigterm_cancels() -> Iterator[Callable[[], None]]:
+    """Inside the block SIGTERM raises `TrainingCancelled` in the main thread (training stops
+    within the current step). Yields `finish`: once called, SIGTERM is ignored until the block
+    ends, because the adapter is registered and the run only has to be closed."""
+
+    def cancel(signum, _frame):
+        raise TrainingCancelled(f"stopped by {signal.Signals(signum).name}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None  # signal handlers can only be installed in the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, cancel)
+    try:
+        yield lambda: signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _end(progress, event: str, status: str, **fields) -> None:
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.end_run(status)
+    progress.write(event, **fields)
+
+
+# --- MLflow -----------------------------------------------------------------------------------
+
+
+def _start_mlflow_run(
+    config: TrainConfig, run_dir: Path, data: TrainingData, spec: BaseSpec, resume: bool
+) -> str:
+    """Start the run (or reopen the one `run.json` names) with system metrics on; a new run
+    gets its tags, params, dataset inputs and the config and data report as artifacts."""
+    from adapters.mlflow_client import quiet_mlflow_env
+
+    quiet_mlflow_env()
+    import mlflow
+
+    from train.dataset import write_report
+    from train.tracking import run_tags
+
+    mlflow.set_tracking_uri(config.output.resolved_tracking_uri())
+    mlflow.set_system_metrics_sampling_interval(config.output.system_metrics_interval_s)
+    mlflow.set_system_metrics_samples_before_logging(1)
+    run_id = (read_state(run_dir) or {}).get("run_id")
+    if resume and run_id:
+        return mlflow.start_run(run_id=run_id, log_system_metrics=True).info.run_id
+
+    mlflow.set_experiment(config.output.experiment)
+    revision = config.base.revision or spec.revision
+    tags = run_tags(spec.name, revision, config.base.quantization) | config.output.tags
+    run = mlflow.start_run(run_name=config.output.run_name, tags=tags, log_system_metrics=True)
+    _write_state(run_dir, run_id=run.info.run_id, status="running")
+
+    mlflow.log_params(config.flat() | _resolved_params(config, data, spec))
+    _log_datasets(config, data)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    write_report(data, run_dir / "data-report.json")
+    mlflow.log_artifact(str(run_dir / "config.yaml"))
+    mlflow.log_artifact(str(run_dir / "data-report.json"))
+    return run.info.run_id
+
+
+def _log_datasets(config: TrainConfig, data: TrainingData) -> None:
+    import mlflow
+
+    from train.dataset import mlflow_dataset
+
+    train_file, eval_file = config.data.train_file, config.data.eval_file
+    mlflow.log_input(mlflow_dataset(data.train, train_file, _dataset_name(train_file)), "training")
+    if not data.eval:
+        return
+    if eval_file is None:  # held out from the train file
+        eval_file, name = train_file, f"{_dataset_name(train_file)}-heldout"
+    else:
+        name = _dataset_name(eval_file)
+    mlflow.log_input(mlflow_dataset(data.eval, eval_file, name), "evaluation")
+
+
+def _dataset_name(path: Path) -> str:
+    """`style-chat/train` for data/samples/style-chat/train.jsonl."""
+    return f"{path.parent.name}/{path.stem}"
+
+
+def _resolved_params(config: TrainConfig, data: TrainingData, spec: BaseSpec) -> dict[str, str]:
+    from train.model import resolve_dtype, target_modules
+
+    return {
+        "resolved.base_location": spec.location,
+        "resolved.compute_dtype": resolve_dtype(config.base.compute_dtype),
+        "resolved.target_modules": str(target_modules(config.lora, spec.multimodal)),
+        "resolved.train_examples": str(len(data.train)),
+        "resolved.eval_examples": str(len(data.eval)),
+        "resolved.dataset_digest": data.digest,
+    }
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def _load(config: TrainConfig, spec: BaseSpec):
+    from train.model import load_base
+
+    return load_base(config.base, spec)
+
+
+def _trainer(config: TrainConfig, loaded, data: TrainingData, run_dir: Path, progress):
+    """TRL's SFTTrainer with PEFT LoRA, gemlora's collator and the MLflow/progress callback."""
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    from train.collator import Gemma3ChatCollator
+    from train.dataset import to_hf_dataset
+    from train.model import lora_config, resolve_dtype
+    from train.tracking import MlflowProgressCallback
+
+    training = config.training
+    evaluate_during = bool(data.eval) and training.eval_steps is not None
+    args = SFTConfig(
+        output_dir=str(run_dir / CHECKPOINTS_DIR),
+        max_steps=training.max_steps or -1,
+        num_train_epochs=training.epochs,
+        per_device_train_batch_size=training.batch_size,
+        per_device_eval_batch_size=training.batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation,
+        learning_rate=training.lr,
+        lr_scheduler_type=training.lr_scheduler,
+        warmup_steps=training.warmup_ratio,  # a float below 1 is a share of the steps
+        weight_decay=training.weight_decay,
+        max_grad_norm=training.max_grad_norm,
+        optim=training.optimizer,
+        seed=training.seed,
+        gradient_checkpointing=training.gradient_checkpointing,
+        save_strategy="steps",
+        save_steps=training.save_steps,
+        save_total_limit=training.save_total_limit,
+        eval_strategy="steps" if evaluate_during else "no",
+        eval_steps=training.eval_steps,
+        logging_steps=training.logging_steps,
+        bf16=resolve_dtype(config.base.compute_dtype) == "bf16",
+        # TRL's bf16 needs use_cpu on a CPU-only machine.
+        use_cpu=not torch.cuda.is_available(),
+        report_to="none",  # MLflow is logged by our callback, into the run we manage
+        # The collator takes canonical examples and builds the labels itself; examples were
+        # length-checked by the validation, so nothing is truncated.
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        max_length=None,
+    )
+    return SFTTrainer(
+        model=loaded.model,
+        args=args,
+        train_dataset=to_hf_dataset(data.train, loaded.multimodal),
+        eval_dataset=to_hf_dataset(data.eval, loaded.multimodal) if data.eval else None,
+        processing_class=loaded.processor,
+        data_collator=Gemma3ChatCollator(loaded.processor),
+        peft_config=lora_config(config.lora, loaded.multimodal),
+        callbacks=[MlflowProgressCallback(progress)],
+    )
+
+
+# --- evaluation -------------------------------------------------------------------------------
+
+
+def _evaluate(config: TrainConfig, trainer, loaded, data: TrainingData, progress) -> dict:
+    """Eval loss, then the generation eval, logged side by side; returns the scores that
+    become the adapter's eval tags."""
+    import mlflow
+    from tqdm.auto import tqdm
+
+    from train.evaluate import generation_eval
+
+    scores: dict[str, float] = {}
+    if not data.eval:
+        return scores
+    scores["eval_loss"] = trainer.evaluate()["eval_loss"]
+    count = min(len(trainer.eval_dataset), config.eval.generation_examples)
+    if not count:
+        return scores
+    rows = list(trainer.eval_dataset.select(range(count)))
+    with tqdm(total=count, desc="generation eval") as bar:
+        report = generation_eval(
+            trainer.model,
+            loaded.processor,
+            rows,
+            config.eval.max_new_tokens,
+            on_example=lambda done: bar.update(1),
+        )
+    generation = report.scores()
+    step = trainer.state.global_step
+    mlflow.log_metrics({_metric_name(k): v for k, v in generation.items()}, step=step)
+    mlflow.log_table(report.table(), artifact_file="eval/generations.json")
+    progress.write("generation_eval", step=step, examples=count, **generation)
+    return scores | generation
+
+
+def _metric_name(score: str) -> str:
+    """`base_contains` -> `eval_base_contains`, `contains` -> `eval_adapter_contains`."""
+    return f"eval_{score}" if score.startswith("base_") else f"eval_adapter_{score}"
+
+
+def _check_promotion_possible(config: TrainConfig, data: TrainingData) -> None:
+    rule = config.output.promote_if
+    if rule is None or not config.output.register_adapter:
+        return
+    generated = bool(data.eval) and config.eval.generation_examples > 0
+    available = bool(data.eval) and (rule.metric == "eval_loss" or generated)
+    if not available:
+        raise ConfigError(
+            [
+                f"output.promote_if.metric: {rule.metric!r} is never measured without eval "
+                "examples and generation: set data.eval_file or data.eval_fraction, and "
+                "eval.generation_examples above 0"
+            ]
+        )
+
+
+# --- registration -----------------------------------------------------------------------------
+
+
+def _registry(tracking_uri: str):
+    from adapters import AdapterRegistry, RegistryConfig
+
+    return AdapterRegistry(RegistryConfig(tracking_uri=tracking_uri))
+
+
+def _register(
+    config: TrainConfig, registry, loaded, data: TrainingData, result: TrainResult
+) -> int:
+    """Register the adapter as a new version linked to the run and point the alias at it."""
+    import mlflow
+
+    from adapters import AdapterMetadata
+    from train.bases import chat_template_hash
+
+    quantization = config.base.quantization
+    metadata = AdapterMetadata(
+        base=config.base.model,
+        # bitsandbytes is ours to record; otherwise the registry takes the base's own.
+        base_quantization=quantization if quantization.startswith("bnb") else None,
+        base_revision=config.base.revision,
+        chat_template_hash=chat_template_hash(loaded.processor.chat_template),
+        dataset_digest=data.digest,
+        eval_scores=result.eval_scores,
+        extra={"training_quantization": quantization, "run_dir": str(result.run_dir)},
+    )
+    version = registry.register(
+        result.adapter_dir,
+        config.output.name,
+        metadata,
+        run_id=result.run_id,
+        alias=config.output.alias,
+    )
+    mlflow.set_tag("gemlora.registered", f"{config.output.name}/{version}")
+    return version
+
+
+def _promote(config: TrainConfig, registry, version: int) -> bool | None:
+    """Apply `promote_if`: True when its alias moved to `version`; None when not configured."""
+    rule = config.output.promote_if
+    if rule is None:
+        return None
+    return registry.promote_if_better(
+        config.output.name,
+        version,
+        rule.metric,
+        higher_is_better=rule.higher_is_better,
+        to=rule.to,
+    )
