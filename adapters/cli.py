@@ -1,4 +1,4 @@
-"""`gemlora adapters list|show|alias|promote|rm|import|resolve`.
+"""`gemlora adapters list|show|alias|promote|rm|import|resolve|verify`.
 
 Every command talks to the MLflow registry at `--tracking-uri` (default $MLFLOW_TRACKING_URI, else
 the local server http://127.0.0.1:5000). Errors print one clear message and exit 1.
@@ -220,6 +220,44 @@ def resolve(
     for note in resolved.notes:
         errors.print(f"note: {escape(note)}")
     typer.echo(str(resolved.path))
+
+
+@app.command()
+def verify(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="Adapter reference: NAME, NAME@ALIAS, NAME/VERSION.")],
+    engine_url: Annotated[
+        str, typer.Option(help="The running engine serving the adapter (gemlora engine status).")
+    ] = "http://127.0.0.1:8100",
+    base: Annotated[
+        str, typer.Option(help="The base that engine serves (catalogue name, dir or hub id).")
+    ] = ...,
+    prompt: Annotated[
+        list[str] | None,
+        typer.Option("--prompt", help="A held-out prompt (repeatable; default: built-in ones)."),
+    ] = None,
+    tokens: Annotated[int, typer.Option(min=1, help="Greedy tokens compared per prompt.")] = 16,
+    record: Annotated[
+        bool, typer.Option(help="Record the result as the version's gemlora.verify tag.")
+    ] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Check the engine serves exactly what was trained: greedy tokens of PEFT + transformers
+    vs the engine on held-out prompts. Exit code 1 unless they agree everywhere."""
+    from adapters.verify import verify_adapter
+
+    with _registry(ctx) as registry:
+        report = verify_adapter(registry, ref, engine_url, base, prompt, tokens, record)
+    if as_json:
+        typer.echo(report.model_dump_json(indent=2))
+    else:
+        table = Table("prompt", "agreeing tokens", title=f"{ref} = {report.version_ref} on {base}")
+        for result in report.prompts:
+            table.add_row(escape(repr(result.prompt)), f"{result.agreeing_prefix}/{tokens}")
+        console.print(table)
+        console.print(f"agreement {report.agreement:.1%}")
+    if not report.identical:
+        raise typer.Exit(1)
 
 
 # --- helpers ------------------------------------------------------------------------------------

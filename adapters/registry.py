@@ -411,6 +411,12 @@ class AdapterRegistry:
             self.set_alias(name, to, version)
         return better
 
+    def set_version_tag(self, name: str, version: int, key: str, value: str) -> None:
+        """Record a fact about one version (e.g. the fidelity check's result)."""
+        with mlflow_client.mlflow_errors(self.config.tracking_uri):
+            self._version(name, version)  # a clear error for a missing version
+            self.client.set_model_version_tag(name, str(version), key, value)
+
     def delete_version(self, name: str, version: int) -> None:
         """Delete one version; aliases pointing at it go with it."""
         version = validate_version(version)
@@ -478,7 +484,7 @@ class AdapterRegistry:
             path = self.cache.get(parsed.name, version.version, version.digest, download)
         notes: list[str] = []
         if base is not None:
-            spec = _served_base(base)
+            spec = served_base(base)
             compatibility = self._check(path, version, spec, max_lora_rank)
             subject = f"adapter {ref} (version {version.version})"
             compatibility.raise_if_incompatible(subject, spec.name)
@@ -622,7 +628,7 @@ def _to_version(mv, aliases: list[str] | None = None) -> AdapterVersion:
     )
 
 
-def _served_base(base: BaseSpec | str) -> BaseSpec:
+def served_base(base: BaseSpec | str) -> BaseSpec:
     if isinstance(base, BaseSpec):
         return base
     try:

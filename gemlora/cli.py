@@ -5,6 +5,7 @@ import typer
 
 from adapters.cli import app as adapters_app
 from data.cli import app as data_app
+from serve.cli import app as engine_app
 from train.bases.cli import app as models_app
 from train.cli import train_command, ui_command
 
@@ -20,6 +21,7 @@ app.add_typer(data_app, name="data", help="Validate and preview chat datasets.")
 app.add_typer(adapters_app, name="adapters", help="Register, alias and resolve LoRA adapters.")
 app.command("train")(train_command)
 app.command("ui")(ui_command)
+app.add_typer(engine_app, name="engine", help="Start, stop and inspect the vLLM engine.")
 
 
 @app.command()

@@ -21,8 +21,10 @@ from typing import Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from adapters import RegistryConfig
 from gemlora.bases import BaseSpec, resolve_base
 from gemlora.paths import gemlora_home
+from serve.lora_routing import MIDDLEWARE, ROUTING_ENV, RoutingConfig
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -78,7 +80,9 @@ def on_cpu() -> bool:
     return True
 
 
-def build_command(config: EngineConfig, spec: BaseSpec) -> list[str]:
+def build_command(
+    config: EngineConfig, spec: BaseSpec, registry: RegistryConfig | None = None
+) -> list[str]:
     max_model_len = config.max_model_len or spec.max_model_len
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
@@ -105,11 +109,21 @@ def build_command(config: EngineConfig, spec: BaseSpec) -> list[str]:
             "--max-loras", str(config.max_loras),
             "--max-cpu-loras", str(config.max_cpu_loras),
         ]  # fmt: skip
+    if config.enable_lora and registry is not None:
+        command += ["--middleware", MIDDLEWARE]
     return command + config.extra_args
 
 
-def engine_env(config: EngineConfig) -> dict[str, str]:
+def engine_env(config: EngineConfig, registry: RegistryConfig | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    if config.enable_lora and registry is not None:
+        routing = RoutingConfig(
+            registry=registry, served_base=config.base, max_lora_rank=config.max_lora_rank
+        )
+        env[ROUTING_ENV] = routing.to_env()
+        # An unreachable registry must fail a request in seconds, not after minutes of retries.
+        env.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        env.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     if on_cpu():
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kv_cache_gib))
     # Adapters arrive at run time through the resolver plugin.
@@ -156,15 +170,21 @@ class Engine:
 
 
 def start_engine(
-    config: EngineConfig, log_path: Path | None = None, *, wait: bool = True
+    config: EngineConfig,
+    log_path: Path | None = None,
+    *,
+    registry: RegistryConfig | None = None,
+    wait: bool = True,
 ) -> Engine:
+    """Start vLLM on `config.base`; with `registry`, request model names that are not the base
+    are adapter references resolved through it (see `serve.lora_routing`)."""
     spec = resolve_base(config.base)
     log_path = log_path or gemlora_home() / "logs" / f"engine-{config.port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            build_command(config, spec),
-            env=engine_env(config),
+            build_command(config, spec, registry),
+            env=engine_env(config, registry),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -36,3 +36,15 @@ def install_cpu_wna16_fallback() -> None:
     from serve.cpu_wna16 import register_if_missing
 
     register_if_missing()
+
+
+def install_lora_resolver() -> None:
+    """Route request model names to registry adapters when the launcher configured a registry
+    (see `serve.lora_routing`)."""
+    import os
+
+    if not os.environ.get("GEMLORA_ROUTING") or importlib.util.find_spec("vllm") is None:
+        return
+    from serve.lora_routing import register_resolver
+
+    register_resolver()

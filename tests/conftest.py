@@ -30,11 +30,17 @@ def built_models() -> dict[str, Path]:
     return {name: build_model(name).path for name in LOCAL_BASES}
 
 
-class EnginePool:
-    """Starts at most one vLLM engine per base and stops them all at the end of the session."""
+# How soon the session's engines see a moved alias (the product default is 30 s).
+ENGINE_ALIAS_TTL_S = 3.0
 
-    def __init__(self, log_dir: Path) -> None:
+
+class EnginePool:
+    """Starts at most one vLLM engine per base and stops them all at the end of the session.
+    Every engine routes adapter names through the registry on the session's MLflow server."""
+
+    def __init__(self, log_dir: Path, registry) -> None:
         self.log_dir = log_dir
+        self.registry = registry
         self.engines: dict[str, object] = {}
 
     def get(self, base: str):
@@ -42,7 +48,8 @@ class EnginePool:
 
         if base not in self.engines:
             config = EngineConfig(base=base, port=free_port(), max_num_seqs=8)
-            self.engines[base] = start_engine(config, self.log_dir / f"engine-{base}.log")
+            log = self.log_dir / f"engine-{base}.log"
+            self.engines[base] = start_engine(config, log, registry=self.registry)
         return self.engines[base]
 
     def stop_all(self) -> None:
@@ -51,8 +58,8 @@ class EnginePool:
 
 
 @pytest.fixture(scope="session")
-def engines(built_models, tmp_path_factory) -> Iterator[EnginePool]:
-    pool = EnginePool(tmp_path_factory.mktemp("engine-logs"))
+def engines(built_models, engine_registry, tmp_path_factory) -> Iterator[EnginePool]:
+    pool = EnginePool(tmp_path_factory.mktemp("engine-logs"), engine_registry)
     try:
         yield pool
     finally:
@@ -77,3 +84,15 @@ def mlflow_server(tmp_path_factory) -> Iterator:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def engine_registry(mlflow_server, tmp_path_factory):
+    """The `RegistryConfig` the session's engines resolve adapter names with (own cache)."""
+    from adapters import RegistryConfig
+
+    return RegistryConfig(
+        tracking_uri=mlflow_server.url,
+        cache_dir=tmp_path_factory.mktemp("engine-adapter-cache"),
+        alias_ttl_s=ENGINE_ALIAS_TTL_S,
+    )

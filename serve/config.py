@@ -1,0 +1,31 @@
+"""The serve config (`configs/serve/*.yaml`): which base the engine serves and how, and the
+registry its adapters come from.
+
+    config = load_serve_config("configs/serve/local-270m-w4a16.yaml", ["engine.port=8200"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapters import RegistryConfig
+from gemlora.config import load_yaml_config
+from serve.engine import EngineConfig
+
+
+class ServeConfig(BaseModel):
+    """`engine:` the vLLM engine; `registry:` the MLflow registry adapters resolve through
+    (`registry: null` serves the base only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: EngineConfig
+    registry: RegistryConfig | None = Field(default_factory=RegistryConfig)
+
+
+def load_serve_config(path: str | Path, overrides: Sequence[str] = ()) -> ServeConfig:
+    """Read and validate a serve config; `ConfigError` names every bad field."""
+    return load_yaml_config(ServeConfig, path, overrides)
