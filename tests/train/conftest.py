@@ -1,0 +1,79 @@
+"""Fixtures for the training tests: sample datasets written into tmp dirs, configs for the tiny
+multimodal base that log to the session's MLflow server, and a guard that fails any connection
+outside 127.0.0.0/8."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from train_helpers import subset
+
+from train import TrainConfig, parse_config
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch) -> None:
+    loopback = ipaddress.ip_network("127.0.0.0/8")
+    real_connect = socket.socket.connect
+
+    def connect(sock, address):
+        if isinstance(address, tuple) and ipaddress.ip_address(address[0]) not in loopback:
+            raise OSError(f"test tried to connect outside 127.0.0.0/8: {address}")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+
+
+@pytest.fixture(scope="session")
+def samples(tmp_path_factory) -> Path:
+    """`gemlora data samples` output: shapes-vqa/ and style-chat/, train.jsonl and eval.jsonl."""
+    from data.sample_sets import write_samples
+
+    out = tmp_path_factory.mktemp("samples")
+    write_samples(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shapes(samples) -> tuple[Path, Path]:
+    """A small shapes-vqa train file (16 image questions) and eval file (4): the tiny runs."""
+    directory = samples / "shapes-vqa"
+    return (
+        subset(directory / "train.jsonl", directory / "train-16.jsonl", 16),
+        subset(directory / "eval.jsonl", directory / "eval-4.jsonl", 4),
+    )
+
+
+@pytest.fixture
+def tiny_config(built_models, mlflow_server, shapes, tmp_path) -> Callable[..., TrainConfig]:
+    """`tiny_config(**sections)`: a config for tiny-gemma-3-mm on the shapes subset, logging to
+    the session's MLflow server, with the test's run dir and adapter name; each keyword
+    updates one section, e.g. `tiny_config(training={"max_steps": 2})`."""
+
+    name = f"tiny-{uuid.uuid4().hex[:8]}"
+
+    def make(**sections) -> TrainConfig:
+        train_file, eval_file = shapes
+        document = {
+            "base": {"model": "tiny-gemma-3-mm"},
+            "lora": {"r": 4, "alpha": 8},
+            "data": {"train_file": str(train_file), "eval_file": str(eval_file)},
+            "training": {"max_steps": 4, "batch_size": 2, "lr": 1e-3, "save_steps": 2},
+            "eval": {"generation_examples": 2, "max_new_tokens": 4},
+            "output": {
+                "name": name,
+                "tracking_uri": mlflow_server.url,
+                "dir": str(tmp_path / "run"),
+                "system_metrics_interval_s": 1,
+            },
+        }
+        for section, fields in sections.items():
+            document.setdefault(section, {}).update(fields)
+        return parse_config(document)
+
+    return make

@@ -1,0 +1,104 @@
+"""Helpers shared by the training tests: dataset subsets, examples built in code, YAML configs,
+reading adapters, and running `gemlora train` as a subprocess."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from data import Example, ImageLimits, ImagePart, Message, TextPart, decode_image
+
+
+def subset(source: Path, destination: Path, count: int) -> Path:
+    """The first `count` records of a JSONL file, next to it (relative image paths still work)."""
+    lines = source.read_text().splitlines()[:count]
+    destination.write_text("\n".join(lines) + "\n")
+    return destination
+
+
+def write_jsonl_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def png(colour: str = "red", size: tuple[int, int] = (64, 64)) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def text(role: str, content: str, weight: int = 0) -> Message:
+    return Message(role, (TextPart(content),), weight)
+
+
+def example(*messages: Message, images: int = 0) -> Example:
+    pictures = tuple(decode_image(png(), ImageLimits()) for _ in range(images))
+    return Example(tuple(messages), pictures)
+
+
+def with_image(content: str) -> Message:
+    """A user turn: one image, then text."""
+    return Message("user", (ImagePart(0), TextPart(content)))
+
+
+def write_config(config, path: Path) -> Path:
+    """A TrainConfig as a YAML file, e.g. for `gemlora train` in a subprocess."""
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    return path
+
+
+def lora_tensors(path: Path) -> dict:
+    """The LoRA tensors of an adapter or checkpoint directory."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def changed(before: dict, after: dict) -> int:
+    """How many tensors differ between two LoRA state dicts of the same keys."""
+    import torch
+
+    assert before.keys() == after.keys()
+    return sum(not torch.equal(before[key], after[key]) for key in before)
+
+
+def events(run_dir: Path) -> list[dict]:
+    path = run_dir / "progress.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def start_train(config_path: Path, log: Path, *args: str) -> subprocess.Popen:
+    """`gemlora train CONFIG [args]` in a subprocess, output to `log`."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gemlora.cli", "train", str(config_path), *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_for(condition, process: subprocess.Popen, log: Path, timeout_s: float = 240):
+    """Poll `condition()` until it returns something truthy; fail if the process ends first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        if process.poll() is not None:
+            code = process.returncode
+            raise AssertionError(f"gemlora train exited with {code}:\n{log_tail(log)}")
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"timed out after {timeout_s} s:\n{log_tail(log)}")
+
+
+def log_tail(log: Path, lines: int = 40) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
