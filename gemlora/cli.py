@@ -6,6 +6,7 @@ import typer
 from adapters.cli import app as adapters_app
 from data.cli import app as data_app
 from serve.cli import app as engine_app
+from serve.gateway.cli import keys_app, serve_command
 from train.bases.cli import app as models_app
 from train.cli import train_command, ui_command
 
@@ -22,6 +23,8 @@ app.add_typer(adapters_app, name="adapters", help="Register, alias and resolve L
 app.command("train")(train_command)
 app.command("ui")(ui_command)
 app.add_typer(engine_app, name="engine", help="Start, stop and inspect the vLLM engine.")
+app.command("serve")(serve_command)
+app.add_typer(keys_app, name="keys", help="Create API keys for the gateway.")
 
 
 @app.command()

@@ -1,5 +1,5 @@
-"""The serve config (`configs/serve/*.yaml`): which base the engine serves and how, and the
-registry its adapters come from.
+"""The serve config (`configs/serve/*.yaml`): which base the engine serves and how, the
+registry its adapters come from, and the gateway in front of it.
 
     config = load_serve_config("configs/serve/local-270m-w4a16.yaml", ["engine.port=8200"])
 """
@@ -14,16 +14,19 @@ from pydantic import BaseModel, ConfigDict, Field
 from adapters import RegistryConfig
 from gemlora.config import load_yaml_config
 from serve.engine import EngineConfig
+from serve.gateway.config import GatewayConfig
 
 
 class ServeConfig(BaseModel):
     """`engine:` the vLLM engine; `registry:` the MLflow registry adapters resolve through
-    (`registry: null` serves the base only)."""
+    (`registry: null` serves the base only); `gateway:` the OpenAI-compatible endpoint teams
+    call (`gemlora serve`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     engine: EngineConfig
     registry: RegistryConfig | None = Field(default_factory=RegistryConfig)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
 
 
 def load_serve_config(path: str | Path, overrides: Sequence[str] = ()) -> ServeConfig:

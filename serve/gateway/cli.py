@@ -19,7 +19,7 @@ errors = Console(stderr=True, highlight=False, soft_wrap=True)
 keys_app = typer.Typer(no_args_is_help=True, help="Create API keys for the gateway.")
 
 
-def serve(
+def serve_command(
     config_path: Annotated[Path, typer.Argument(help="Serve config (configs/serve/*.yaml).")],
     overrides: Annotated[
         list[str] | None,
