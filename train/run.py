@@ -100,10 +100,10 @@ def _run(
     from train.tracking import check_reachable
 
     spec = resolve_base(config.base.model)
-    data = load_training_data(config.data, config.base.model)
-    _check_promotion_possible(config, data)
     tracking_uri = config.output.resolved_tracking_uri()
     check_reachable(tracking_uri)
+    data = load_training_data(config.data, config.base.model)
+    _check_promotion_possible(config, data)
 
     run_id = _start_mlflow_run(config, run_dir, data, spec, resume)
     progress.write("start", run_id=run_id, run_dir=str(run_dir), resumed=resume)
@@ -134,11 +134,11 @@ def _run(
 
 
 def new_run_dir(config: TrainConfig) -> Path:
-    """`output.dir`, which must not hold a run yet, or a fresh timestamped directory under
-    $GEMLORA_HOME/runs/<name>/."""
+    """`output.dir`, which must not hold a run that reached MLflow, or a fresh timestamped
+    directory under $GEMLORA_HOME/runs/<name>/."""
     if config.output.dir is not None:
         run_dir = config.output.dir
-        if (run_dir / RUN_FILE).exists():
+        if (read_state(run_dir) or {}).get("run_id"):
             raise RunDirError(
                 f"{run_dir} already holds a run: pass --resume to continue it, or choose "
                 "another output.dir"
