@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 import httpx
@@ -43,6 +44,9 @@ from serve.gateway.models import ModelCatalog
 from serve.gateway.schema import ChatCompletionRequest, StreamOptions
 from serve.gateway.upstream import EngineClient, UpstreamStream
 
+if TYPE_CHECKING:
+    from serve.jobs import JobsConfig
+
 logger = logging.getLogger("gemlora.gateway")
 access_log = logging.getLogger("gemlora.gateway.access")
 
@@ -62,6 +66,7 @@ class GatewaySettings:
     registry: AdapterRegistry | None = None
     keys: list[ApiKey] | None = None  # default: from config.keys_file and $GEMLORA_API_KEYS
     dns_resolver: Resolver | None = None  # for image URLs; tests answer names themselves
+    jobs: JobsConfig | None = None  # the Files and Fine-tuning Jobs API (serve/jobs); None: off
 
 
 @dataclass
@@ -103,6 +108,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.add_route("/health", gateway.health, methods=["GET"])
     app.add_route("/metrics", gateway.metrics_page, methods=["GET"])
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    if settings.jobs is not None:
+        # Fine-tuning from the API (serve/jobs): its routes, and its job runner, which starts
+        # and stops with the app.
+        from serve.jobs import mount_jobs
+
+        mount_jobs(app, gateway, settings.jobs)
     return app
 
 

@@ -1,0 +1,521 @@
+"""The OpenAI Files and Fine-tuning Jobs endpoints of the gateway.
+
+    POST   /v1/files                              upload (multipart: file, purpose=fine-tune)
+    GET    /v1/files                              list (purpose, after, limit)
+    GET    /v1/files/{file_id}                    one file
+    GET    /v1/files/{file_id}/content            the stored file (OpenAI chat JSONL)
+    DELETE /v1/files/{file_id}                    delete (not while a job uses it)
+    POST   /v1/fine_tuning/jobs                   create a job
+    GET    /v1/fine_tuning/jobs                   list (after, limit), newest first
+    GET    /v1/fine_tuning/jobs/{job_id}          one job
+    POST   /v1/fine_tuning/jobs/{job_id}/cancel   cancel it
+    GET    /v1/fine_tuning/jobs/{job_id}/events   its events, newest first (after, limit)
+    GET    /v1/fine_tuning/jobs/{job_id}/checkpoints
+
+Every route takes the gateway's API keys (and rate limits); files and jobs belong to the key
+that created them. Errors are the gateway's OpenAI-shaped errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from gemlora.bases import load_catalogue, resolve_base
+from serve.gateway.auth import ApiKey
+from serve.gateway.errors import GatewayError, validation_error
+from serve.jobs.config import JobsConfig
+from serve.jobs.files import UploadRejected, ingest, upload_suffix
+from serve.jobs.progress import checkpoints, read_progress, training_events
+from serve.jobs.runner import RUN_DIR, TRAIN_CONFIG, JobRunner
+from serve.jobs.schema import (
+    CreateJobRequest,
+    TrainSettingsError,
+    adapter_name,
+    effective_hyperparameters,
+    parse_training,
+    training_document,
+)
+from serve.jobs.store import FileRecord, JobRecord, JobStore, new_id
+
+if TYPE_CHECKING:
+    from serve.gateway.app import Gateway
+
+PURPOSE = "fine-tune"
+COPY_CHUNK = 1024 * 1024
+
+
+def mount_jobs(app: FastAPI, gateway: Gateway, config: JobsConfig) -> JobsApi:
+    """Add the endpoints to the gateway's app; the job runner starts and stops with the app."""
+    api = JobsApi(gateway, config)
+    app.include_router(api.router)
+    app.add_exception_handler(GatewayError, _gateway_error)
+    app.state.jobs = api
+    return api
+
+
+async def _gateway_error(_request: Request, error: GatewayError) -> JSONResponse:
+    return error.response()
+
+
+class JobsApi:
+    def __init__(self, gateway: Gateway, config: JobsConfig) -> None:
+        registry = gateway.settings.registry
+        if registry is None:
+            raise ValueError(
+                "fine-tuning jobs register their adapters in the registry: configure one "
+                "(the serve config's registry: section) or turn jobs off"
+            )
+        self.gateway = gateway
+        self.config = config
+        self.tracking_uri = registry.config.tracking_uri
+        self.store = JobStore(config.store_dir())
+        self.runner = JobRunner(self.store, config, self.tracking_uri)
+        self.served_family = _family(gateway.settings.base)
+        self.router = APIRouter(lifespan=self._lifespan, dependencies=[Depends(self.caller)])
+        routes = [
+            ("/v1/files", self.upload_file, "POST"),
+            ("/v1/files", self.list_files, "GET"),
+            ("/v1/files/{file_id}", self.get_file, "GET"),
+            ("/v1/files/{file_id}/content", self.file_content, "GET"),
+            ("/v1/files/{file_id}", self.delete_file, "DELETE"),
+            ("/v1/fine_tuning/jobs", self.create_job, "POST"),
+            ("/v1/fine_tuning/jobs", self.list_jobs, "GET"),
+            ("/v1/fine_tuning/jobs/{job_id}", self.get_job, "GET"),
+            ("/v1/fine_tuning/jobs/{job_id}/cancel", self.cancel_job, "POST"),
+            ("/v1/fine_tuning/jobs/{job_id}/events", self.list_events, "GET"),
+            ("/v1/fine_tuning/jobs/{job_id}/checkpoints", self.list_checkpoints, "GET"),
+        ]
+        for path, endpoint, method in routes:
+            self.router.add_api_route(path, endpoint, methods=[method])
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _app: FastAPI):
+        await self.runner.start()
+        try:
+            yield
+        finally:
+            await self.runner.close()
+
+    def caller(self, request: Request) -> ApiKey:
+        """The gateway's key check and rate limit, as a dependency of every route."""
+        key = self.gateway.auth.authenticate(request.headers.get("authorization"))
+        self.gateway.auth.check_rate(key)
+        request.state.key = key
+        return key
+
+    # --- files --------------------------------------------------------------------------------
+
+    async def upload_file(self, request: Request) -> JSONResponse:
+        key = request.state.key
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.config.max_file_bytes + COPY_CHUNK:
+            raise _too_large(self.config.max_file_bytes)
+        async with _multipart(request) as form:
+            upload, purpose = form.get("file"), form.get("purpose")
+            if not isinstance(upload, UploadFile):
+                raise GatewayError(400, "file: required (multipart field)", param="file")
+            if purpose != PURPOSE:
+                raise GatewayError(
+                    400,
+                    f"purpose: this gateway stores files for fine-tuning only: use {PURPOSE!r}",
+                    param="purpose",
+                    code="invalid_value",
+                )
+            filename = Path(upload.filename or "upload.jsonl").name
+            file_id = new_id("file")
+            incoming = self.store.dir / "incoming" / file_id
+            try:
+                path = incoming / f"upload{upload_suffix(filename)}"
+                size = await asyncio.to_thread(self._receive, upload, path)
+                summary = await asyncio.to_thread(
+                    ingest,
+                    path,
+                    filename,
+                    self.store.file_path(file_id),
+                    self.gateway.images.fetcher,
+                )
+            except UploadRejected as rejected:
+                raise GatewayError(400, str(rejected), param="file", code="invalid_file") from None
+            finally:
+                shutil.rmtree(incoming, ignore_errors=True)
+        record = FileRecord(file_id, key.id, filename, PURPOSE, size, int(time.time()), summary)
+        self.store.add_file(record)
+        return JSONResponse(file_object(record))
+
+    def _receive(self, upload: UploadFile, path: Path) -> int:
+        """Copy the upload to `path` (its own directory: relative image paths resolve to
+        nothing); returns its size."""
+        path.parent.mkdir(parents=True)
+        size = 0
+        upload.file.seek(0)
+        with path.open("wb") as out:
+            while chunk := upload.file.read(COPY_CHUNK):
+                size += len(chunk)
+                if size > self.config.max_file_bytes:
+                    raise _too_large(self.config.max_file_bytes)
+                out.write(chunk)
+        return size
+
+    async def list_files(self, request: Request) -> JSONResponse:
+        after, limit = _page(request, default_limit=100, max_limit=10_000)
+        purpose = request.query_params.get("purpose")
+        records, more = self.store.list_files(request.state.key.id, purpose, after, limit)
+        return _list([file_object(record) for record in records], more)
+
+    async def get_file(self, request: Request, file_id: str) -> JSONResponse:
+        return JSONResponse(file_object(self._file(request, file_id)))
+
+    async def file_content(self, request: Request, file_id: str) -> FileResponse:
+        record = self._file(request, file_id)
+        return FileResponse(self.store.file_path(record.id), media_type="application/jsonl")
+
+    async def delete_file(self, request: Request, file_id: str) -> JSONResponse:
+        record = self._file(request, file_id)
+        user = self.store.active_job_using(record.id)
+        if user is not None:
+            raise GatewayError(
+                409,
+                f"file {file_id} is used by fine-tuning job {user}, which has not finished: "
+                "cancel it or wait for it to end",
+                param="file_id",
+                code="file_in_use",
+            )
+        self.store.delete_file(record.id, record.owner)
+        return JSONResponse({"id": record.id, "object": "file", "deleted": True})
+
+    def _file(self, request: Request, file_id: str) -> FileRecord:
+        record = self.store.get_file(file_id, request.state.key.id)
+        if record is None:
+            raise GatewayError(404, f"no file {file_id!r}", param="file_id", code="file_not_found")
+        return record
+
+    # --- jobs ---------------------------------------------------------------------------------
+
+    async def create_job(self, request: Request) -> JSONResponse:
+        key: ApiKey = request.state.key
+        create = _parse_create(await request.body())
+        quantized = self._check_base(create.model)
+        files = {
+            param: self._training_file(key, param, getattr(create, param))
+            for param in ("training_file", "validation_file")
+            if getattr(create, param) is not None
+        }
+        job_id = new_id("ftjob")
+        name = adapter_name(create, job_id)
+        if not key.may_use(name):
+            raise GatewayError(
+                403,
+                f"API key {key.id} could not call the fine-tuned model {name!r}: choose a "
+                "suffix its model patterns allow",
+                param="suffix",
+                code="model_not_allowed",
+            )
+        job_dir = self.store.job_dir(job_id)
+        try:
+            document = training_document(
+                create,
+                quantized_base=quantized,
+                name=name,
+                train_file=self.store.file_path(files["training_file"].id),
+                eval_file=self.store.file_path(files["validation_file"].id)
+                if "validation_file" in files
+                else None,
+                run_dir=job_dir / RUN_DIR,
+                tracking_uri=self.tracking_uri,
+                job_id=job_id,
+            )
+            train_config = parse_training(document)
+        except TrainSettingsError as error:
+            raise GatewayError(400, str(error), param=error.param, code="invalid_value") from None
+        job_dir.mkdir(parents=True)
+        (job_dir / TRAIN_CONFIG).write_text(yaml.safe_dump(train_config.model_dump(mode="json")))
+        job = JobRecord(
+            id=job_id,
+            owner=key.id,
+            created_at=int(time.time()),
+            model=create.model,
+            training_file=create.training_file,
+            validation_file=create.validation_file,
+            name=name,
+            request={
+                "hyperparameters": effective_hyperparameters(train_config, create),
+                "seed": train_config.training.seed,
+                "suffix": create.suffix,
+                "metadata": create.metadata,
+            },
+            status="validating_files",
+        )
+        self.store.add_job(job, f"Created fine-tuning job {job_id}: {create.model} -> {name}")
+        self.runner.wake()
+        return JSONResponse(self.job_object(job))
+
+    def _check_base(self, model: str) -> bool:
+        """The base must be a catalogue base of the family the engine serves (so that the
+        adapter is callable here); returns whether it is quantized."""
+        catalogue = load_catalogue()
+        if model not in catalogue:
+            raise GatewayError(
+                400,
+                f"model: {model!r} is not a base in the catalogue ({', '.join(catalogue)})",
+                param="model",
+                code="model_not_found",
+            )
+        try:
+            spec = resolve_base(model)
+        except LookupError as error:
+            raise GatewayError(400, f"model: {error}", param="model") from None
+        if self.served_family is not None and spec.family != self.served_family:
+            raise GatewayError(
+                400,
+                f"model: this gateway serves the {self.served_family} family; an adapter "
+                f"trained on {model} ({spec.family}) could not be called here",
+                param="model",
+                code="model_not_servable",
+            )
+        return spec.quantization != "none"
+
+    def _training_file(self, key: ApiKey, param: str, file_id: str) -> FileRecord:
+        record = self.store.get_file(file_id, key.id)
+        if record is None or record.purpose != PURPOSE:
+            raise GatewayError(
+                400,
+                f"{param}: no fine-tune file {file_id!r} (upload it with POST /v1/files, "
+                f"purpose {PURPOSE!r})",
+                param=param,
+                code="invalid_file",
+            )
+        return record
+
+    async def list_jobs(self, request: Request) -> JSONResponse:
+        after, limit = _page(request, default_limit=20, max_limit=100)
+        jobs, more = self.store.list_jobs(request.state.key.id, after, limit)
+        return _list([self.job_object(job) for job in jobs], more)
+
+    async def get_job(self, request: Request, job_id: str) -> JSONResponse:
+        return JSONResponse(self.job_object(self._job(request, job_id)))
+
+    async def cancel_job(self, request: Request, job_id: str) -> JSONResponse:
+        job = self._job(request, job_id)
+        if job.status in ("succeeded", "failed", "cancelled"):
+            raise GatewayError(
+                409,
+                f"fine-tuning job {job_id} has already ended ({job.status})",
+                param="fine_tuning_job_id",
+                code="job_not_cancellable",
+            )
+        await self.runner.cancel(job)
+        return JSONResponse(self.job_object(self._job(request, job_id)))
+
+    async def list_events(self, request: Request, job_id: str) -> JSONResponse:
+        job = self._job(request, job_id)
+        after, limit = _page(request, default_limit=20, max_limit=1000)
+        events = self._events(job)
+        return _list(*_after(events, after, limit))
+
+    async def list_checkpoints(self, request: Request, job_id: str) -> JSONResponse:
+        job = self._job(request, job_id)
+        after, limit = _page(request, default_limit=10, max_limit=100)
+        run_dir = self.runner.run_dir(job.id)
+        found = reversed(checkpoints(run_dir, read_progress(run_dir)))
+        objects = [
+            {
+                "id": f"ftckpt-{_short(job.id)}-{checkpoint.step}",
+                "object": "fine_tuning.job.checkpoint",
+                "created_at": int(checkpoint.time),
+                "fine_tuning_job_id": job.id,
+                # A Trainer checkpoint on the gateway's disk (what a resume continues from);
+                # only the final adapter is registered and served.
+                "fine_tuned_model_checkpoint": str(checkpoint.path),
+                "step_number": checkpoint.step,
+                "metrics": checkpoint.metrics,
+            }
+            for checkpoint in found
+        ]
+        return _list(*_after(objects, after, limit))
+
+    def _job(self, request: Request, job_id: str) -> JobRecord:
+        job = self.store.get_job(job_id, owner=request.state.key.id)
+        if job is None:
+            raise GatewayError(
+                404,
+                f"no fine-tuning job {job_id!r}",
+                param="fine_tuning_job_id",
+                code="fine_tuning_job_not_found",
+            )
+        return job
+
+    # --- objects ------------------------------------------------------------------------------
+
+    def job_object(self, job: JobRecord) -> dict[str, Any]:
+        hyperparameters = job.request["hyperparameters"]
+        return {
+            "id": job.id,
+            "object": "fine_tuning.job",
+            "created_at": job.created_at,
+            "finished_at": job.finished_at,
+            "model": job.model,
+            "fine_tuned_model": job.name if job.status == "succeeded" else None,
+            "organization_id": job.owner,
+            "status": job.status,
+            "training_file": job.training_file,
+            "validation_file": job.validation_file,
+            "hyperparameters": hyperparameters,
+            "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+            "seed": job.request["seed"],
+            "user_provided_suffix": job.request["suffix"],
+            "metadata": job.request["metadata"],
+            "trained_tokens": job.trained_tokens,
+            "result_files": [],
+            "estimated_finish": None,
+            "error": job.error,
+            "integrations": [self._mlflow(job)] if job.run_id else [],
+        }
+
+    def _mlflow(self, job: JobRecord) -> dict[str, Any]:
+        """The job's MLflow run (and, once registered, its model version) with UI links."""
+        ui = self.tracking_uri.rstrip("/")
+        links = ui.startswith(("http://", "https://"))
+        run_url = model_url = None
+        if links and job.experiment_id:
+            run_url = f"{ui}/#/experiments/{job.experiment_id}/runs/{job.run_id}"
+        if links and job.version is not None:
+            model_url = f"{ui}/#/models/{job.name}/versions/{job.version}"
+        return {
+            "type": "mlflow",
+            "mlflow": {
+                "tracking_uri": self.tracking_uri,
+                "experiment_id": job.experiment_id,
+                "run_id": job.run_id,
+                "run_url": run_url,
+                "registered_model": job.name if job.version is not None else None,
+                "registered_model_version": job.version,
+                "registered_model_url": model_url,
+            },
+        }
+
+    def _events(self, job: JobRecord) -> list[dict[str, Any]]:
+        """The job's own events and its training's, newest first."""
+        short = _short(job.id)
+        events = [
+            (event.created_at, f"ftevent-{short}-j{event.seq}", event.level, event.message,
+             "message", event.data)
+            for event in self.store.events(job.id)
+        ]  # fmt: skip
+        records = read_progress(self.runner.run_dir(job.id))
+        events += [
+            (e.time, f"ftevent-{short}-t{e.index}", e.level, e.message, e.type, e.data)
+            for e in training_events(records)
+        ]
+        events.sort(key=lambda event: event[0], reverse=True)
+        return [
+            {
+                "id": event_id,
+                "object": "fine_tuning.job.event",
+                "created_at": int(created),
+                "level": level,
+                "message": message,
+                "type": kind,
+                "data": data,
+            }
+            for created, event_id, level, message, kind, data in events
+        ]
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def file_object(record: FileRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "object": "file",
+        "bytes": record.bytes,
+        "created_at": record.created_at,
+        "filename": record.filename,
+        "purpose": record.purpose,
+        "status": "processed",
+        "status_details": None,
+        "expires_at": None,
+        "gemlora": record.summary,  # examples, images, format, digest, warnings
+    }
+
+
+def _parse_create(body: bytes) -> CreateJobRequest:
+    try:
+        return CreateJobRequest.model_validate_json(body)
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        if first["type"] == "json_invalid":
+            message = f"request body is not valid JSON: {first['msg']}"
+            raise GatewayError(400, message, code="invalid_json") from None
+        raise validation_error(error) from None
+
+
+@contextlib.asynccontextmanager
+async def _multipart(request: Request):
+    from starlette.formparsers import MultiPartException
+
+    try:
+        form = await request.form(max_files=1, max_fields=8)
+    except (MultiPartException, AssertionError, ValueError) as error:
+        raise GatewayError(
+            400,
+            f"expected a multipart/form-data body with `file` and `purpose` ({error})",
+            code="invalid_multipart",
+        ) from None
+    try:
+        yield form
+    finally:
+        await form.close()
+
+
+def _page(request: Request, default_limit: int, max_limit: int) -> tuple[str | None, int]:
+    """`after` (an object id) and `limit` from the query string."""
+    text = request.query_params.get("limit")
+    if text is None:
+        return request.query_params.get("after"), default_limit
+    if not text.isdigit() or not 1 <= int(text) <= max_limit:
+        raise GatewayError(400, f"limit: must be an integer from 1 to {max_limit}", param="limit")
+    return request.query_params.get("after"), int(text)
+
+
+def _after(objects: list[dict], after: str | None, limit: int) -> tuple[list[dict], bool]:
+    """The page of `objects` (newest first) that follows the object with id `after`."""
+    start = 0
+    if after is not None:
+        ids = [item["id"] for item in objects]
+        start = ids.index(after) + 1 if after in ids else len(objects)
+    page = objects[start : start + limit]
+    return page, start + limit < len(objects)
+
+
+def _list(data: list[dict], has_more: bool) -> JSONResponse:
+    return JSONResponse({"object": "list", "data": data, "has_more": has_more})
+
+
+def _short(object_id: str) -> str:
+    return object_id.rsplit("-", 1)[-1][:12]
+
+
+def _family(base: str) -> str | None:
+    try:
+        return resolve_base(base).family
+    except LookupError:
+        return None
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        413, f"file is over the limit of {limit:,} bytes (jobs.max_file_bytes)",
+        param="file", code="file_too_large",
+    )  # fmt: skip

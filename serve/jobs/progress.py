@@ -1,0 +1,168 @@
+"""A job's training progress, read from its run directory: the `progress.jsonl` events that
+`gemlora train` writes (see `train.tracking`), the run state (`run.json`) and the checkpoints,
+turned into what the jobs API reports."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from train.run import CHECKPOINTS_DIR, PROGRESS_FILE, last_checkpoint, read_state
+
+TERMINAL_EVENTS = ("finished", "cancelled", "failed")
+
+
+@dataclass(frozen=True)
+class TrainingEvent:
+    """One line of progress.jsonl as a job event."""
+
+    index: int  # line number in progress.jsonl, for a stable event id
+    time: float
+    level: str
+    message: str
+    type: str  # "message" or "metrics"
+    data: dict[str, Any] | None
+
+
+def read_progress(run_dir: Path) -> list[dict[str, Any]]:
+    """Every complete line of progress.jsonl (a line being written is skipped)."""
+    path = run_dir / PROGRESS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def run_state(run_dir: Path) -> dict[str, Any]:
+    """run.json: `run_id`, `status` (created, running, finished) and `version` when finished."""
+    try:
+        return read_state(run_dir) or {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def last_step(run_dir: Path) -> int:
+    """The step of the newest complete checkpoint (0: none yet), where a resume starts."""
+    checkpoint = last_checkpoint(run_dir / CHECKPOINTS_DIR)
+    return int(checkpoint.name.rsplit("-", 1)[-1]) if checkpoint else 0
+
+
+def trained_tokens(records: list[dict[str, Any]]) -> int | None:
+    counts = [r["num_tokens"] for r in records if r.get("event") == "log" and "num_tokens" in r]
+    return int(counts[-1]) if counts else None
+
+
+def final_event(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The last `finished`, `cancelled` or `failed` record: how the last worker ended."""
+    ends = [r for r in records if r.get("event") in TERMINAL_EVENTS]
+    return ends[-1] if ends else None
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+def training_events(records: list[dict[str, Any]]) -> list[TrainingEvent]:
+    events = []
+    for index, record in enumerate(records):
+        described = describe(record)
+        if described is not None:
+            level, message, data = described
+            kind = "metrics" if data is not None else "message"
+            events.append(TrainingEvent(index, record["time"], level, message, kind, data))
+    return events
+
+
+def describe(record: dict[str, Any]) -> tuple[str, str, dict | None] | None:
+    """(level, message, metrics or None) for one progress record; None for records that say
+    nothing new to a client."""
+    event, step, total = record.get("event"), record.get("step"), record.get("max_steps")
+    if event == "start":
+        verb = "resumed" if record.get("resumed") else "started"
+        return "info", f"Training {verb} (MLflow run {record.get('run_id')})", None
+    if event == "train_begin":
+        return "info", f"Training from step {step} to step {total}", None
+    if event == "log" and "loss" in record:
+        metrics = _metrics(record, "train")
+        return "info", f"Step {step}/{total}: training loss={record['loss']:.4f}", metrics
+    if event == "eval" and "eval_loss" in record:
+        metrics = _metrics(record, "valid")
+        return "info", f"Step {step}/{total}: validation loss={record['eval_loss']:.4f}", metrics
+    if event == "checkpoint":
+        return "info", f"Checkpoint saved at step {step}", None
+    if event == "generation_eval":
+        return "info", _generation_message(record), None
+    if event == "registered":
+        return "info", f"Registered {record['name']} version {record['version']}", None
+    if event == "cancelled":
+        return "warn", f"Training stopped ({record.get('reason', 'interrupted')})", None
+    if event == "failed":
+        return "error", f"Training failed: {record.get('error')}", None
+    return None
+
+
+def _metrics(record: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """OpenAI's metric names: train_loss, valid_loss, train_mean_token_accuracy, ..."""
+    source = "eval_" if prefix == "valid" else ""
+    data: dict[str, Any] = {"step": record.get("step"), "total_steps": record.get("max_steps")}
+    for name in ("loss", "mean_token_accuracy"):
+        if f"{source}{name}" in record:
+            data[f"{prefix}_{name}"] = record[f"{source}{name}"]
+    for name in ("learning_rate", "tokens_per_second", "num_tokens", "epoch"):
+        if name in record:
+            data[name] = record[name]
+    return data
+
+
+def _generation_message(record: dict[str, Any]) -> str:
+    scores = [
+        f"{label} {record[key]:.0%}"
+        for label, key in (
+            ("adapter contains", "contains"),
+            ("base contains", "base_contains"),
+            ("adapter exact", "exact"),
+            ("base exact", "base_exact"),
+        )
+        if isinstance(record.get(key), int | float)
+    ]
+    examples = record.get("examples")
+    return f"Generation eval on {examples} held-out examples: " + ", ".join(scores)
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    time: float
+    path: Path
+    metrics: dict[str, float]
+
+
+def checkpoints(run_dir: Path, records: list[dict[str, Any]]) -> list[Checkpoint]:
+    """The checkpoints still on disk (the Trainer keeps `save_total_limit`), oldest first, each
+    with the losses logged at its step."""
+    found = []
+    for record in records:
+        if record.get("event") != "checkpoint":
+            continue
+        path = Path(record["path"])
+        if not (path / "trainer_state.json").is_file():
+            continue
+        step = record["step"]
+        metrics: dict[str, float] = {"step": step}
+        for other in records:
+            if other.get("step") == step and other.get("event") == "log" and "loss" in other:
+                metrics["train_loss"] = other["loss"]
+            if other.get("step") == step and other.get("event") == "eval":
+                metrics["valid_loss"] = other.get("eval_loss")
+        found.append(Checkpoint(step, record["time"], path, metrics))
+    unique = {checkpoint.step: checkpoint for checkpoint in found}  # a resume saves again
+    return sorted(unique.values(), key=lambda c: c.step)

@@ -1,0 +1,200 @@
+"""POST /v1/fine_tuning/jobs: the request, and the training config it becomes.
+
+The OpenAI fields map onto a gemlora training config (`train.TrainConfig`, the same one
+`gemlora train` reads from configs/train/*.yaml):
+
+    model                             base.model (a catalogue base of the served family)
+    training_file / validation_file   data.train_file / data.eval_file (the stored files)
+    hyperparameters.n_epochs          training.epochs
+    hyperparameters.batch_size        training.batch_size
+    hyperparameters.learning_rate_multiplier
+                                      training.lr = multiplier x gemlora.training.lr (2e-4)
+    seed                              training.seed
+    suffix                            the adapter's registry name: SUFFIX-<job> (else
+                                      ft-BASE-<job>), which is `fine_tuned_model`
+
+and the extra field `gemlora` holds any other section of that config, e.g.
+`{"lora": {"r": 16, "alpha": 32}, "training": {"max_steps": 30}, "eval": {...}}`. The fields
+the job itself sets (base.model, data.train_file, data.eval_file, output.name, output.dir,
+output.tracking_uri, output.register_adapter) cannot be set there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from adapters.refs import NAME_PATTERN
+from train.config import ConfigError, TrainConfig, TrainingSection, parse_config
+
+Auto = Literal["auto"]
+DEFAULT_LR = TrainingSection.model_fields["lr"].default
+
+# Fields of the training config that the job owns, by section.
+JOB_FIELDS = {
+    "base": ("model",),
+    "data": ("train_file", "eval_file"),
+    "output": ("name", "dir", "tracking_uri", "register_adapter"),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Hyperparameters(_Strict):
+    """OpenAI's supervised hyperparameters; `auto` keeps gemlora's default."""
+
+    n_epochs: Annotated[int, Field(ge=1)] | Auto = "auto"
+    batch_size: Annotated[int, Field(ge=1)] | Auto = "auto"
+    learning_rate_multiplier: Annotated[float, Field(gt=0)] | Auto = "auto"
+
+
+class SupervisedMethod(_Strict):
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+
+class Method(_Strict):
+    type: Literal["supervised"] = Field(description="Only supervised fine-tuning (SFT).")
+    supervised: SupervisedMethod | None = None
+
+
+class CreateJobRequest(_Strict):
+    model: str = Field(min_length=1, description="The base: a catalogue name.")
+    training_file: str = Field(min_length=1)
+    validation_file: str | None = None
+    hyperparameters: Hyperparameters | None = None
+    method: Method | None = None
+    suffix: str | None = Field(default=None, min_length=1, max_length=64)
+    seed: int | None = None
+    metadata: dict[str, str] | None = Field(default=None, max_length=16)
+    integrations: list[dict[str, Any]] | None = None
+    gemlora: dict[str, dict[str, Any]] | None = Field(
+        default=None, description="Other sections of the training config (lora, training, ...)."
+    )
+
+    @field_validator("suffix")
+    @classmethod
+    def _name_safe(cls, suffix: str | None) -> str | None:
+        if suffix is not None and not NAME_PATTERN.fullmatch(suffix):
+            raise ValueError(
+                "use letters, digits, '.', '_' and '-', starting with a letter or digit "
+                "(it becomes part of the adapter's registry name)"
+            )
+        return suffix
+
+    @field_validator("integrations")
+    @classmethod
+    def _no_integrations(cls, integrations: list | None) -> list | None:
+        if integrations:
+            raise ValueError(
+                "not supported: every job is tracked in MLflow (its run is in the job's "
+                "`integrations`)"
+            )
+        return integrations
+
+    @model_validator(mode="after")
+    def _hyperparameters_once(self) -> CreateJobRequest:
+        if self.hyperparameters is not None and self.method and self.method.supervised:
+            raise ValueError(
+                "give hyperparameters either at the top level or in "
+                "method.supervised.hyperparameters, not both"
+            )
+        return self
+
+    def resolved_hyperparameters(self) -> Hyperparameters:
+        if self.method is not None and self.method.supervised is not None:
+            return self.method.supervised.hyperparameters
+        return self.hyperparameters or Hyperparameters()
+
+
+def adapter_name(request: CreateJobRequest, job_id: str) -> str:
+    """The registry name of the job's adapter, unique per job."""
+    short = job_id.rsplit("-", 1)[-1][:8]
+    return f"{request.suffix}-{short}" if request.suffix else f"ft-{request.model}-{short}"
+
+
+class TrainSettingsError(ValueError):
+    """The request cannot become a valid training config: `param` names the field."""
+
+    def __init__(self, param: str, message: str) -> None:
+        self.param = param
+        super().__init__(f"{param}: {message}")
+
+
+def training_document(
+    request: CreateJobRequest,
+    *,
+    quantized_base: bool,
+    name: str,
+    train_file: Path,
+    eval_file: Path | None,
+    run_dir: Path,
+    tracking_uri: str,
+    job_id: str,
+) -> dict[str, Any]:
+    """The training config (as a YAML-ready document) for this job. Raises
+    `TrainSettingsError` naming the request field that makes it invalid."""
+    sections = {key: dict(value) for key, value in (request.gemlora or {}).items()}
+    for section, fields in JOB_FIELDS.items():
+        for field in fields:
+            if field in sections.get(section, {}):
+                raise TrainSettingsError(
+                    f"gemlora.{section}.{field}", "set by the job from the request; leave it out"
+                )
+    base = sections.setdefault("base", {})
+    base["model"] = request.model
+    if quantized_base:
+        # A compressed-tensors base trains unpacked: the adapter fits the weights served.
+        base.setdefault("quantization", "dequantized")
+    _apply_hyperparameters(request, sections.setdefault("training", {}))
+    sections.setdefault("data", {}).update(
+        train_file=str(train_file), eval_file=str(eval_file) if eval_file else None
+    )
+    output = sections.setdefault("output", {})
+    output.update(name=name, dir=str(run_dir), tracking_uri=tracking_uri)
+    output.setdefault("run_name", job_id)
+    output["tags"] = {**output.get("tags", {}), "gemlora.job_id": job_id}
+    return sections
+
+
+def _apply_hyperparameters(request: CreateJobRequest, training: dict[str, Any]) -> None:
+    chosen = request.resolved_hyperparameters()
+    for ours, theirs in (("epochs", "n_epochs"), ("batch_size", "batch_size")):
+        value = getattr(chosen, theirs)
+        if value == "auto":
+            continue
+        if ours in training:
+            raise TrainSettingsError(
+                f"hyperparameters.{theirs}",
+                f"also set as gemlora.training.{ours}; set it in one place",
+            )
+        training[ours] = value
+    if chosen.learning_rate_multiplier != "auto":
+        training["lr"] = training.get("lr", DEFAULT_LR) * chosen.learning_rate_multiplier
+    if request.seed is not None:
+        training["seed"] = request.seed
+
+
+def parse_training(document: dict[str, Any]) -> TrainConfig:
+    """Validate the document; a bad field is named as the request's `gemlora.<path>`."""
+    try:
+        return parse_config(document)
+    except ConfigError as error:
+        first = error.problems[0]
+        path, _, message = first.partition(": ")
+        more = f" (and {len(error.problems) - 1} more problems)" if len(error.problems) > 1 else ""
+        raise TrainSettingsError(f"gemlora.{path}", message + more) from None
+
+
+def effective_hyperparameters(config: TrainConfig, request: CreateJobRequest) -> dict[str, Any]:
+    """What the job object reports: the values training uses."""
+    epochs = config.training.epochs
+    multiplier = request.resolved_hyperparameters().learning_rate_multiplier
+    return {
+        "n_epochs": int(epochs) if float(epochs).is_integer() else epochs,
+        "batch_size": config.training.batch_size,
+        "learning_rate_multiplier": 1.0 if multiplier == "auto" else multiplier,
+    }

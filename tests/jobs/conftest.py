@@ -1,0 +1,82 @@
+"""Fixtures for the fine-tuning jobs tests: API keys, the sample datasets, and one gateway with
+the jobs API in front of the session's tiny multimodal engine (real vLLM, real MLflow server,
+real training workers), shared by the module's tests."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from jobs_helpers import BASE, GatewayServer, jobs_gateway
+
+from serve.gateway import ApiKey, hash_key, new_key
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch) -> None:
+    """Nothing in this process connects outside 127.0.0.0/8."""
+    loopback = ipaddress.ip_network("127.0.0.0/8")
+    real_connect = socket.socket.connect
+
+    def connect(sock, address):
+        if isinstance(address, tuple) and ipaddress.ip_address(address[0]) not in loopback:
+            raise OSError(f"test tried to connect outside 127.0.0.0/8: {address}")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+
+
+@dataclass(frozen=True)
+class Keys:
+    """`admin` may call any model; `team` only models named `team-*`."""
+
+    admin: str
+    team: str
+
+    def api_keys(self) -> list[ApiKey]:
+        return [
+            ApiKey(id="admin", sha256=hash_key(self.admin), requests_per_minute=None),
+            ApiKey(
+                id="team", sha256=hash_key(self.team), models=("team-*",), requests_per_minute=None
+            ),
+        ]
+
+
+@pytest.fixture(scope="session")
+def keys() -> Keys:
+    return Keys(new_key(), new_key())
+
+
+@pytest.fixture(scope="session")
+def samples(tmp_path_factory) -> Path:
+    """`gemlora data samples` output: shapes-vqa/ and style-chat/, train.jsonl and eval.jsonl."""
+    from data.sample_sets import write_samples
+
+    out = tmp_path_factory.mktemp("samples")
+    write_samples(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def registry(mlflow_server, tmp_path_factory):
+    from adapters import AdapterRegistry, RegistryConfig
+
+    cache = tmp_path_factory.mktemp("jobs-adapter-cache")
+    return AdapterRegistry(RegistryConfig(tracking_uri=mlflow_server.url, cache_dir=cache))
+
+
+@pytest.fixture(scope="module")
+def engine(engines):
+    return engines.get(BASE)
+
+
+@pytest.fixture(scope="module")
+def gateway(engine, registry, keys, tmp_path_factory) -> Iterator[GatewayServer]:
+    store = tmp_path_factory.mktemp("jobs-store")
+    server = jobs_gateway(store, engine.url, registry, keys.api_keys())
+    yield server
+    server.stop()
