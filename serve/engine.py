@@ -26,6 +26,7 @@ from gemlora.bases import BaseSpec, resolve_base
 from gemlora.paths import gemlora_home
 from serve.lora_routing import MIDDLEWARE, ROUTING_ENV, RoutingConfig
 
+NO_MEDIA_DOMAIN = "gemlora.invalid"
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
@@ -102,6 +103,9 @@ def build_command(
         command += ["--revision", spec.revision]
     if spec.multimodal:
         command += ["--limit-mm-per-prompt", json.dumps({"image": config.max_images_per_prompt})]
+        # The engine never fetches an image URL: the gateway fetches under its SSRF policy and
+        # hands over data URLs. `.invalid` never resolves, so every URL's domain is refused.
+        command += ["--allowed-media-domains", NO_MEDIA_DOMAIN]
     if config.enable_lora:
         command += [
             "--enable-lora",
@@ -128,6 +132,7 @@ def engine_env(config: EngineConfig, registry: RegistryConfig | None = None) -> 
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.cpu_kv_cache_gib))
     # Adapters arrive at run time through the resolver plugin.
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+    env["VLLM_MEDIA_URL_ALLOW_REDIRECTS"] = "0"
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     env.setdefault("DO_NOT_TRACK", "1")
     env.setdefault("HF_HUB_OFFLINE", "0" if not on_cpu() else "1")

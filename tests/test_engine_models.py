@@ -104,3 +104,35 @@ def test_w4a16_greedy_tokens_match_transformers(engines, built_models):
         ours = transformers_greedy_ids(model, tokenizer, prompt, 16)
         served = vllm_greedy_ids(engine, "gemma-3-270m-w4a16", prompt, 16)
         assert served == ours, (prompt, tokenizer.decode(served), tokenizer.decode(ours))
+
+
+def test_engine_never_fetches_image_urls(engines):
+    """Image URLs are the gateway's job (under its SSRF policy); the engine refuses them, even
+    on loopback, without opening a connection."""
+    import http.server
+    import threading
+
+    import openai
+
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_error(404)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/shape.png"
+    try:
+        with pytest.raises(openai.BadRequestError):
+            client(engines.get("tiny-gemma-3-mm")).chat.completions.create(
+                model="tiny-gemma-3-mm",
+                messages=[
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
+                ],
+                max_tokens=1,
+            )
+    finally:
+        server.shutdown()
+    assert hits == []
