@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -117,16 +118,22 @@ def _run(
     scores = _evaluate(config, trainer, loaded, data, progress)
 
     result = TrainResult(
-        run_id, run_dir, adapter_dir, config.output.name, None, trainer.state.global_step, scores
+        run_id=run_id,
+        run_dir=run_dir,
+        adapter_dir=adapter_dir,
+        name=config.output.name,
+        version=None,
+        global_step=trainer.state.global_step,
+        eval_scores=scores,
     )
-    if not config.output.register_adapter:
-        finish()
-        return result
-    registry = _registry(tracking_uri)
-    result.version = _register(config, registry, loaded, data, result)
-    finish()  # registered: from here on the run completes, SIGTERM or not
-    result.promoted = _promote(config, registry, result.version)
-    progress.write("registered", name=result.name, version=result.version, promoted=result.promoted)
+    if config.output.register_adapter:
+        registry = _registry(tracking_uri)
+        result.version = _register(config, registry, loaded, data, result)
+        finish()  # registered: from here on the run completes, SIGTERM or not
+        result.promoted = _promote(config, registry, result.version)
+        progress.write(
+            "registered", name=result.name, version=result.version, promoted=result.promoted
+        )
     return result
 
 
@@ -169,6 +176,8 @@ def resume_dir(config: TrainConfig) -> Path:
             f"the run in {run_dir} already finished (version {state.get('version')}): start a "
             "new run instead of --resume"
         )
+    if "config" not in state:
+        raise RunDirError(f"{run_dir / RUN_FILE} has no config to resume with")
     changed = _changed_fields(parse_config(state["config"]), config)
     if changed:
         raise RunDirError(
@@ -235,9 +244,9 @@ def sigterm_cancels() -> Iterator[Callable[[], None]]:
 
 
 def _end(progress, event: str, status: str, **fields) -> None:
-    import mlflow
-
-    if mlflow.active_run() is not None:
+    """Close the MLflow run, if one was started, with `status`; record `event`."""
+    mlflow = sys.modules.get("mlflow")  # not imported: no run was started
+    if mlflow is not None and mlflow.active_run() is not None:
         mlflow.end_run(status)
     progress.write(event, **fields)
 

@@ -226,3 +226,46 @@ def test_bad_dataset_line_is_named(tiny_config, shapes, tmp_path, mlflow_server)
     assert failed["event"] == "failed" and f"{broken}:3" in failed["error"]
     # Nothing reached MLflow: the data is checked before the run starts.
     assert json.loads((config.output.dir / "run.json").read_text()).get("run_id") is None
+
+
+def test_int8_base_gets_lora_gradients(built_models, shapes):
+    import bitsandbytes as bnb
+    from peft import get_peft_model
+
+    from gemlora.bases import resolve_base
+    from train import Gemma3ChatCollator
+    from train.config import BaseSection, LoraSection
+    from train.dataset import to_hf_dataset
+    from train.model import load_base, lora_config
+
+    settings = BaseSection(model="tiny-gemma-3-mm", quantization="bnb-int8")
+    loaded = load_base(settings, resolve_base("tiny-gemma-3-mm"))
+    assert any(isinstance(m, bnb.nn.Linear8bitLt) for m in loaded.model.modules())
+    model = get_peft_model(loaded.model, lora_config(LoraSection(r=4), multimodal=True))
+    rows = list(to_hf_dataset(read_dataset(shapes[0], limit=2).examples, multimodal=True))
+    model.train()
+    model(**Gemma3ChatCollator(loaded.processor)(rows)).loss.backward()
+    grads = [p.grad for name, p in model.named_parameters() if "lora_B" in name]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("vision", [False, True])
+def test_vision_tower_is_adapted_only_when_asked(built_models, vision):
+    from peft import get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from train.config import LoraSection
+    from train.model import lora_config
+
+    model = AutoModelForImageTextToText.from_pretrained(built_models["tiny-gemma-3-mm"])
+    settings = LoraSection(r=4, train_vision_tower=vision)
+    adapted = {
+        name.rsplit(".lora_A", 1)[0]
+        for name, _ in get_peft_model(model, lora_config(settings, True)).named_parameters()
+        if ".lora_A" in name
+    }
+    language = {name for name in adapted if "language_model" in name}
+    assert len(language) == 2 * 7  # two layers, every attention and MLP projection
+    vision_tower = adapted - language
+    assert all("vision_tower" in name for name in vision_tower)
+    assert len(vision_tower) == (6 if vision else 0)  # one SigLIP layer: q, k, v, out, fc1, fc2
