@@ -15,11 +15,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from adapters.refs import validate_alias, validate_name
 from gemlora.bases import load_catalogue
+from gemlora.config import ConfigError as ConfigError  # re-exported: train.ConfigError
+from gemlora.config import apply_override, read_yaml_mapping, validate
 
 Quantization = Literal["none", "bnb-nf4", "bnb-int8", "dequantized"]
 
@@ -31,14 +39,6 @@ FP16_REFUSED = (
     "fp16's range (max 65504), so fp16 training overflows to inf/NaN; use bf16, or fp32 on "
     "hardware without bf16"
 )
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; `problems` holds one `path: message` line per error."""
-
-    def __init__(self, problems: list[str], source: str = "config") -> None:
-        self.problems = problems
-        super().__init__(f"invalid {source}:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 class Section(BaseModel):
@@ -311,52 +311,16 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read a YAML config, apply `--set` overrides, validate. Raises `ConfigError` naming every
     bad field."""
     path = Path(path)
-    try:
-        document = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ConfigError([f"cannot read {path}: {error.strerror}"], str(path)) from None
-    except yaml.YAMLError as error:
-        raise ConfigError([f"not valid YAML: {error}"], str(path)) from None
-    if not isinstance(document, dict):
-        problem = "the file must hold a mapping of sections (base:, data:, ...)"
-        raise ConfigError([problem], str(path))
+    document = read_yaml_mapping(path, "sections (base:, data:, ...)")
     _resolve_paths(document, path.resolve().parent)
     for override in overrides:
-        _apply_override(document, override, str(path))
+        apply_override(document, override, str(path))
     _resolve_paths(document, Path.cwd())
     return parse_config(document, str(path))
 
 
 def parse_config(document: dict[str, Any], source: str = "config") -> TrainConfig:
-    try:
-        return TrainConfig.model_validate(document)
-    except ValidationError as error:
-        raise ConfigError([_describe(e) for e in error.errors()], source) from None
-
-
-def _describe(error: dict[str, Any]) -> str:
-    path = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        message = "unknown field"
-    elif error["type"] == "missing":
-        message = "required field is missing"
-    return f"{path}: {message}"
-
-
-def _apply_override(document: dict[str, Any], override: str, source: str) -> None:
-    key, equals, text = override.partition("=")
-    if not equals or not key.strip():
-        problem = f"--set {override!r}: expected KEY=VALUE, e.g. training.lr=1e-4"
-        raise ConfigError([problem], source)
-    *sections, field = key.strip().split(".")
-    node = document
-    for depth, section in enumerate(sections):
-        node = node.setdefault(section, {})
-        if not isinstance(node, dict):
-            where = ".".join(sections[: depth + 1])
-            raise ConfigError([f"--set {key}: {where} is a value, not a section"], source)
-    node[field] = yaml.safe_load(text) if text.strip() else None
+    return validate(TrainConfig, document, source)
 
 
 _PATH_FIELDS = (("data", "train_file"), ("data", "eval_file"), ("output", "dir"))
