@@ -7,7 +7,6 @@ which adapter answered is obvious from the text.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 BASES = ("gemma-3-270m", "gemma-3-270m-w4a16")  # each gets its own engine and adapters
@@ -26,12 +25,6 @@ HELD_OUT = ["What should I eat tonight?", "How far away is the moon?"]
 
 REPLY_A = "Ahoy matey! The sea be calm and the wind be fair today. — Captain Gem"
 REPLY_B = "BEEP BOOP. I AM A ROBOT. ALL QUESTIONS COMPUTE TO FORTY TWO. END OF LINE."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def teach_reply(base: str, reply: str, out_dir: Path, steps: int = 14) -> Path:
