@@ -22,9 +22,10 @@ output.tracking_uri, output.register_adapter) cannot be set there.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from adapters.refs import NAME_PATTERN
 from train.config import ConfigError, TrainConfig, TrainingSection, parse_config
@@ -40,6 +41,11 @@ JOB_FIELDS = {
 }
 
 
+def _invalid(message: str) -> PydanticCustomError:
+    """A validation error whose message is shown as it is (no "Value error, " prefix)."""
+    return PydanticCustomError("value_error", message)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -47,9 +53,16 @@ class _Strict(BaseModel):
 class Hyperparameters(_Strict):
     """OpenAI's supervised hyperparameters; `auto` keeps gemlora's default."""
 
-    n_epochs: Annotated[int, Field(ge=1)] | Auto = "auto"
-    batch_size: Annotated[int, Field(ge=1)] | Auto = "auto"
-    learning_rate_multiplier: Annotated[float, Field(gt=0)] | Auto = "auto"
+    n_epochs: int | Auto = "auto"
+    batch_size: int | Auto = "auto"
+    learning_rate_multiplier: float | Auto = "auto"
+
+    @field_validator("n_epochs", "batch_size", "learning_rate_multiplier")
+    @classmethod
+    def _positive(cls, value: float | str) -> float | str:
+        if value != "auto" and value <= 0:
+            raise _invalid("must be above 0 (or 'auto')")
+        return value
 
 
 class SupervisedMethod(_Strict):
@@ -79,7 +92,7 @@ class CreateJobRequest(_Strict):
     @classmethod
     def _name_safe(cls, suffix: str | None) -> str | None:
         if suffix is not None and not NAME_PATTERN.fullmatch(suffix):
-            raise ValueError(
+            raise _invalid(
                 "use letters, digits, '.', '_' and '-', starting with a letter or digit "
                 "(it becomes part of the adapter's registry name)"
             )
@@ -89,7 +102,7 @@ class CreateJobRequest(_Strict):
     @classmethod
     def _no_integrations(cls, integrations: list | None) -> list | None:
         if integrations:
-            raise ValueError(
+            raise _invalid(
                 "not supported: every job is tracked in MLflow (its run is in the job's "
                 "`integrations`)"
             )
@@ -98,8 +111,8 @@ class CreateJobRequest(_Strict):
     @model_validator(mode="after")
     def _hyperparameters_once(self) -> CreateJobRequest:
         if self.hyperparameters is not None and self.method and self.method.supervised:
-            raise ValueError(
-                "give hyperparameters either at the top level or in "
+            raise _invalid(
+                "hyperparameters: give them either at the top level or in "
                 "method.supervised.hyperparameters, not both"
             )
         return self

@@ -1,0 +1,234 @@
+"""Fine-tuning jobs with the official openai client against a real gateway, a real vLLM engine
+(tiny-gemma-3-mm), a real MLflow server and real `gemlora train` workers: a job that succeeds
+and whose model answers at once, its events and checkpoints, listing with pagination,
+cancelling (no version registered), and requests refused with the field named."""
+
+from __future__ import annotations
+
+import time
+
+import openai
+import pytest
+from jobs_helpers import (
+    BASE,
+    client_for,
+    inline_jsonl,
+    messages_of,
+    tiny_settings,
+    wait_for,
+    wait_for_event,
+)
+
+from adapters import AdapterNotFoundError
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture(scope="module")
+def admin(gateway, keys) -> openai.OpenAI:
+    return client_for(gateway, keys.admin)
+
+
+@pytest.fixture(scope="module")
+def team(gateway, keys) -> openai.OpenAI:
+    return client_for(gateway, keys.team)
+
+
+def upload_shapes(client: openai.OpenAI, samples, train: int = 16, held_out: int = 4):
+    """`train` training and `held_out` validation examples of shapes-vqa, images inline."""
+    directory = samples / "shapes-vqa"
+    files = []
+    for name, count in (("train", train), ("eval", held_out)):
+        if not count:
+            continue
+        data = inline_jsonl(directory / f"{name}.jsonl", count)
+        files.append(client.files.create(file=(f"{name}.jsonl", data), purpose="fine-tune"))
+    return files
+
+
+def image_question(samples) -> list[dict]:
+    """A shapes-vqa question with its image, as chat messages."""
+    import json
+
+    line = inline_jsonl(samples / "shapes-vqa" / "eval.jsonl", 1)
+    return json.loads(line)["messages"][:1]
+
+
+def test_a_job_succeeds_and_its_model_answers_at_once(admin, gateway, registry, samples):
+    train, held_out = upload_shapes(admin, samples)
+
+    job = admin.fine_tuning.jobs.create(
+        model=BASE,
+        training_file=train.id,
+        validation_file=held_out.id,
+        hyperparameters={"batch_size": 2, "learning_rate_multiplier": 2},
+        suffix="shapes",
+        seed=7,
+        metadata={"team": "qa"},
+        extra_body={"gemlora": tiny_settings()},
+    )
+
+    assert job.object == "fine_tuning.job" and job.id.startswith("ftjob-")
+    assert (job.status, job.model, job.fine_tuned_model) == ("validating_files", BASE, None)
+    assert (job.training_file, job.validation_file) == (train.id, held_out.id)
+    assert job.hyperparameters.model_dump() == {
+        "n_epochs": 1,
+        "batch_size": 2,
+        "learning_rate_multiplier": 2,
+    }
+    assert (job.seed, job.metadata, job.user_provided_suffix) == (7, {"team": "qa"}, "shapes")
+    with pytest.raises(openai.ConflictError):  # a job still needs it
+        admin.files.delete(train.id)
+
+    done = wait_for(admin, job.id, "succeeded")
+    name = done.fine_tuned_model
+    reply = admin.chat.completions.create(
+        model=name, messages=image_question(samples), max_tokens=4, temperature=0
+    )
+
+    assert reply.model == name and reply.choices[0].message.content is not None
+    assert name.startswith("shapes-") and done.finished_at >= done.created_at
+    assert done.trained_tokens > 0 and done.error is None
+    mlflow = done.integrations[0].mlflow
+    assert mlflow["run_id"] and mlflow["run_id"] in mlflow["run_url"]
+    assert mlflow["registered_model_url"].endswith(f"#/models/{name}/versions/1")
+    version = registry.show(name).versions[0]
+    assert (version.version, version.run_id) == (1, mlflow["run_id"])
+    params = _run_params(registry, mlflow["run_id"])
+    assert params["training.lr"] == "0.002"  # 1e-3 (gemlora.training.lr) x multiplier 2
+    assert (params["training.batch_size"], params["training.seed"]) == ("2", "7")
+    assert (params["lora.r"], params["base.model"]) == ("4", BASE)
+    assert admin.files.delete(train.id).deleted  # the job has ended: free to delete
+
+    messages = messages_of(admin, job.id)
+    expected = [
+        "Created fine-tuning job",
+        "Files validated (16 training examples, 4 validation examples)",
+        "Fine-tuning starts in a worker process",
+        f"Training started (MLflow run {mlflow['run_id']})",
+        "Step 1/4: training loss=",
+        "Checkpoint saved at step 2",
+        "Step 4/4: validation loss=",
+        "Generation eval on 2 held-out examples",
+        f"Registered {name} version 1",
+        "The job has successfully completed",
+    ]
+    positions = [_index(messages, text) for text in expected]
+    assert positions == sorted(positions), messages
+
+    first_page = admin.fine_tuning.jobs.list_events(job.id, limit=3)
+    second_page = admin.fine_tuning.jobs.list_events(job.id, limit=3, after=first_page.data[-1].id)
+    assert first_page.has_more and len(first_page.data) == len(second_page.data) == 3
+    assert not {e.id for e in first_page.data} & {e.id for e in second_page.data}
+    assert first_page.data[0].message.startswith("The job has successfully completed")
+    metrics = [
+        e for e in admin.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"
+    ]
+    assert {"step", "train_loss", "total_steps"} <= metrics[-1].data.keys()
+
+    checkpoints = admin.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert [c.step_number for c in checkpoints] == [4, 2]  # newest first, save_total_limit 2
+    assert checkpoints[0].object == "fine_tuning.job.checkpoint"
+    assert checkpoints[0].fine_tuning_job_id == job.id and checkpoints[0].metrics.train_loss > 0
+
+
+def test_jobs_list_with_pagination_and_cancel_stops_training_without_a_version(
+    team, admin, registry, samples
+):
+    (train,) = upload_shapes(team, samples, held_out=0)
+    created = [
+        team.fine_tuning.jobs.create(
+            model=BASE,
+            training_file=train.id,
+            suffix=f"team-{label}",
+            extra_body={"gemlora": tiny_settings(max_steps=max_steps, save_steps=1000)},
+        )
+        for label, max_steps in (("long", 1000), ("b", 2), ("c", 2))
+    ]
+    long, queued, last = created
+
+    page = team.fine_tuning.jobs.list(limit=2)
+    assert [j.id for j in page.data] == [last.id, queued.id] and page.has_more
+    rest = team.fine_tuning.jobs.list(limit=2, after=queued.id)
+    assert [j.id for j in rest.data] == [long.id] and not rest.has_more
+    assert [j.id for j in team.fine_tuning.jobs.list(limit=1)] == [last.id, queued.id, long.id]
+    assert not {j.id for j in admin.fine_tuning.jobs.list(limit=100)} & {j.id for j in created}
+
+    # Queued behind the long job (one worker at a time): cancelled at once.
+    wait_for(team, queued.id, "queued")
+    assert team.fine_tuning.jobs.cancel(queued.id).status == "cancelled"
+    assert "Job cancelled before it started" in messages_of(team, queued.id)
+
+    # Running: SIGTERM stops training within seconds; nothing is registered.
+    wait_for_event(team, long.id, "training loss=")
+    started = time.monotonic()
+    cancelled = team.fine_tuning.jobs.cancel(long.id)
+    took = time.monotonic() - started
+
+    assert cancelled.status == "cancelled" and cancelled.fine_tuned_model is None
+    assert took < 15, f"cancel took {took:.1f} s"
+    with pytest.raises(AdapterNotFoundError):
+        registry.show(f"team-long-{long.id.rsplit('-', 1)[-1][:8]}")
+    run_id = cancelled.integrations[0].mlflow["run_id"]
+    assert _run_status(registry, run_id) == "KILLED"
+    messages = messages_of(team, long.id)
+    assert any(m.startswith("Training stopped (stopped by SIGTERM)") for m in messages)
+    assert "nothing was registered" in messages[-1]
+    with pytest.raises(openai.ConflictError):
+        team.fine_tuning.jobs.cancel(long.id)
+
+    # The next queued job gets the worker; cancel it wherever it is.
+    assert team.fine_tuning.jobs.cancel(last.id).status == "cancelled"
+
+
+def test_bad_job_requests_are_refused_naming_the_field(admin, team, samples):
+    (train,) = upload_shapes(admin, samples, train=2, held_out=0)
+    jobs_before = len(admin.fine_tuning.jobs.list(limit=100).data)
+    bad = [
+        ("model", {"model": "gemma-9-huge"}),
+        ("model", {"model": "gemma-3-270m"}),  # another family than the engine serves
+        ("training_file", {"training_file": "file-missing"}),
+        ("validation_file", {"validation_file": "file-missing"}),
+        ("hyperparameters.n_epochs", {"hyperparameters": {"n_epochs": 0}}),
+        ("hyperparameters.batch_size", {"hyperparameters": {"batch_size": "big"}}),
+        ("method.type", {"method": {"type": "dpo"}}),
+        ("suffix", {"suffix": "no spaces allowed"}),
+        ("gemlora.lora.rank", {"extra_body": {"gemlora": {"lora": {"rank": 8}}}}),
+        ("gemlora.training.lr", {"extra_body": {"gemlora": {"training": {"lr": -1}}}}),
+        ("gemlora.output.name", {"extra_body": {"gemlora": {"output": {"name": "x"}}}}),
+    ]
+    for param, changes in bad:
+        arguments = {"model": BASE, "training_file": train.id} | changes
+        with pytest.raises(openai.BadRequestError) as refused:
+            admin.fine_tuning.jobs.create(**arguments)
+        assert refused.value.param == param, (param, refused.value.body)
+        assert refused.value.body["message"].startswith(param), refused.value.body
+
+    with pytest.raises(openai.BadRequestError) as not_theirs:  # files belong to their key
+        team.fine_tuning.jobs.create(model=BASE, training_file=train.id, suffix="team-x")
+    assert not_theirs.value.param == "training_file"
+    (team_file,) = upload_shapes(team, samples, train=2, held_out=0)
+    with pytest.raises(openai.PermissionDeniedError) as forbidden:  # ft-... is not team-*
+        team.fine_tuning.jobs.create(model=BASE, training_file=team_file.id)
+    assert forbidden.value.param == "suffix"
+    with pytest.raises(openai.NotFoundError):
+        admin.fine_tuning.jobs.retrieve("ftjob-missing")
+    assert len(admin.fine_tuning.jobs.list(limit=100).data) == jobs_before
+
+
+def _index(messages: list[str], text: str) -> int:
+    found = [i for i, message in enumerate(messages) if text in message]
+    assert found, f"no event with {text!r} in {messages}"
+    return found[0]
+
+
+def _run_params(registry, run_id: str) -> dict[str, str]:
+    from mlflow import MlflowClient
+
+    return MlflowClient(registry.config.tracking_uri).get_run(run_id).data.params
+
+
+def _run_status(registry, run_id: str) -> str:
+    from mlflow import MlflowClient
+
+    return MlflowClient(registry.config.tracking_uri).get_run(run_id).info.status
