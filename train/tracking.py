@@ -33,9 +33,11 @@ class ProgressLog:
             f.write(json.dumps(record, default=str) + "\n")
 
     def read(self) -> list[dict]:
+        """Every complete event; a line still being written (no newline yet) is left out."""
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+        complete, _, _partial = self.path.read_text().rpartition("\n")
+        return [json.loads(line) for line in complete.splitlines() if line]
 
 
 class MlflowProgressCallback(TrainerCallback):

@@ -4,7 +4,6 @@ reading adapters, and running `gemlora train` as a subprocess."""
 from __future__ import annotations
 
 import io
-import json
 import socket
 import subprocess
 import sys
@@ -78,8 +77,9 @@ def changed(before: dict, after: dict) -> int:
 
 
 def events(run_dir: Path) -> list[dict]:
-    path = run_dir / "progress.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    from train.tracking import ProgressLog
+
+    return ProgressLog(run_dir / "progress.jsonl").read()
 
 
 def start_train(config_path: Path, log: Path, *args: str) -> subprocess.Popen:
