@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 GEMLORA := .venv/bin/gemlora
 
-.PHONY: install models data demo lint test test-fast bench-gateway clean help
+.PHONY: install models data demo demo-stop lint test test-fast bench-gateway clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -16,8 +16,11 @@ models: install  ## build the local Gemma 3 bases into $$GEMLORA_HOME/models
 data: install  ## generate the sample datasets in data/samples/
 	$(GEMLORA) data samples
 
-demo: install  ## build the models, then serve them with vLLM and call them with the openai client
+demo: install  ## serve Gemma 3 270M, fine-tune it through the API, compare base and adapter (~10 min)
 	$(PY) scripts/demo.py
+
+demo-stop:  ## stop what `make demo` left running (gateway, vLLM, MLflow)
+	$(PY) scripts/demo.py stop
 
 lint: install  ## ruff
 	.venv/bin/ruff check .

@@ -15,6 +15,7 @@ from adapters import RegistryConfig
 from gemlora.config import load_yaml_config
 from serve.engine import EngineConfig
 from serve.gateway.config import GatewayConfig
+from serve.jobs.config import JobsConfig
 
 
 class ServeConfig(BaseModel):
@@ -27,6 +28,11 @@ class ServeConfig(BaseModel):
     engine: EngineConfig
     registry: RegistryConfig | None = Field(default_factory=RegistryConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    jobs: JobsConfig | None = Field(
+        default=None,
+        description="The Files and Fine-tuning Jobs API on the gateway (`jobs: {}` turns it on "
+        "with the defaults); needs the registry.",
+    )
 
 
 def load_serve_config(path: str | Path, overrides: Sequence[str] = ()) -> ServeConfig:

@@ -96,10 +96,15 @@ def _run_gateway(config, engine) -> None:
     gateway = config.gateway
     registry = AdapterRegistry(config.registry) if config.registry else None
     settings = GatewaySettings(
-        gateway, engine.url, config.engine.base, engine.served_name, registry
+        gateway, engine.url, config.engine.base, engine.served_name, registry, jobs=config.jobs
     )
     auth = "API keys required" if gateway.auth else "no auth (loopback only)"
     console.print(f"gateway: http://{gateway.host}:{gateway.port}/v1 ({auth}); Ctrl-C stops")
+    if config.jobs is not None:
+        store, workers = config.jobs.store_dir(), config.jobs.max_concurrent
+        console.print(
+            f"fine-tuning jobs: /v1/files, /v1/fine_tuning/jobs ({store}, {workers} worker(s))"
+        )
     run_gateway(settings)
 
 
