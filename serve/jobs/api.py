@@ -30,6 +30,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from gemlora.bases import load_catalogue, resolve_base
 from serve.gateway.auth import ApiKey
@@ -124,7 +125,9 @@ class JobsApi:
         async with _multipart(request) as form:
             upload, purpose = form.get("file"), form.get("purpose")
             if not isinstance(upload, UploadFile):
-                raise GatewayError(400, "file: required (multipart field)", param="file")
+                raise GatewayError(
+                    400, "file: required (multipart field)", param="file", code="invalid_value"
+                )
             if purpose != PURPOSE:
                 raise GatewayError(
                     400,
@@ -274,7 +277,9 @@ class JobsApi:
         try:
             spec = resolve_base(model)
         except LookupError as error:
-            raise GatewayError(400, f"model: {error}", param="model") from None
+            raise GatewayError(
+                400, f"model: {error}", param="model", code="model_not_built"
+            ) from None
         if self.served_family is not None and spec.family != self.served_family:
             raise GatewayError(
                 400,
@@ -463,14 +468,12 @@ def _parse_create(body: bytes) -> CreateJobRequest:
 
 @contextlib.asynccontextmanager
 async def _multipart(request: Request):
-    from starlette.formparsers import MultiPartException
-
     try:
         form = await request.form(max_files=1, max_fields=8)
-    except (MultiPartException, AssertionError, ValueError) as error:
+    except HTTPException as error:  # starlette's answer to a malformed multipart body
         raise GatewayError(
             400,
-            f"expected a multipart/form-data body with `file` and `purpose` ({error})",
+            f"expected a multipart/form-data body with `file` and `purpose`: {error.detail}",
             code="invalid_multipart",
         ) from None
     try:
@@ -485,7 +488,8 @@ def _page(request: Request, default_limit: int, max_limit: int) -> tuple[str | N
     if text is None:
         return request.query_params.get("after"), default_limit
     if not text.isdigit() or not 1 <= int(text) <= max_limit:
-        raise GatewayError(400, f"limit: must be an integer from 1 to {max_limit}", param="limit")
+        message = f"limit: must be an integer from 1 to {max_limit}"
+        raise GatewayError(400, message, param="limit", code="invalid_value")
     return request.query_params.get("after"), int(text)
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import httpx
 
 from gemlora.bases import resolve_base
+from serve.gateway.config import KEYS_ENV
 from serve.jobs.config import JobsConfig
 from serve.jobs.progress import (
     final_event,
@@ -394,6 +395,7 @@ class JobRunner:
 
 def _worker_env() -> dict[str, str]:
     env = dict(os.environ)
+    env.pop(KEYS_ENV, None)  # the gateway's API keys are none of training's business
     env["PYTHONUNBUFFERED"] = "1"
     env["TQDM_DISABLE"] = "1"  # progress is in progress.jsonl; keep train.log readable
     return env

@@ -181,6 +181,24 @@ def test_jobs_list_with_pagination_and_cancel_stops_training_without_a_version(
     assert team.fine_tuning.jobs.cancel(last.id).status == "cancelled"
 
 
+def test_a_job_whose_data_does_not_fit_the_base_fails_naming_the_line(admin, samples):
+    (train,) = upload_shapes(admin, samples, train=4, held_out=0)
+
+    job = admin.fine_tuning.jobs.create(
+        model=BASE,
+        training_file=train.id,
+        extra_body={"gemlora": tiny_settings() | {"data": {"max_length": 16}}},
+    )
+    failed = wait_for(admin, job.id, "failed")
+
+    assert failed.error.code == "invalid_training_file"
+    assert failed.error.param == "training_file"
+    assert f"{train.id}.jsonl:1: error: " in failed.error.message
+    assert "over the max length of 16" in failed.error.message
+    assert failed.fine_tuned_model is None and failed.finished_at is not None
+    assert messages_of(admin, job.id)[-1].startswith("Fine-tuning failed: ")
+
+
 def test_bad_job_requests_are_refused_naming_the_field(admin, team, samples):
     (train,) = upload_shapes(admin, samples, train=2, held_out=0)
     jobs_before = len(admin.fine_tuning.jobs.list(limit=100).data)
