@@ -255,10 +255,11 @@ class JobRunner:
             )
             return
         if self._closing:
+            then = "continues" if self.config.resume_interrupted else "is marked failed"
             self.store.add_event(
                 job_id,
-                f"The gateway stopped: training was interrupted at step {_step(run_dir)} and "
-                "continues when the gateway starts again",
+                f"The gateway stopped: training was interrupted at step {_step(run_dir)}; the "
+                f"job {then} when the gateway starts again",
                 level="warn",
             )
             return
