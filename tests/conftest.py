@@ -5,6 +5,7 @@ runs; everything else a test writes goes to pytest's tmp dirs. vLLM engines take
 start on 2 cores, so each base gets at most one engine per session, shared by every test.
 """
 
+import ipaddress
 import os
 import socket
 from collections.abc import Iterator
@@ -96,3 +97,18 @@ def engine_registry(mlflow_server, tmp_path_factory):
         cache_dir=tmp_path_factory.mktemp("engine-adapter-cache"),
         alias_ttl_s=ENGINE_ALIAS_TTL_S,
     )
+
+
+@pytest.fixture
+def loopback_only(monkeypatch) -> None:
+    """Fail any connection this process opens outside 127.0.0.0/8 (directories whose tests
+    must never leave the machine request it with an autouse fixture)."""
+    loopback = ipaddress.ip_network("127.0.0.0/8")
+    real_connect = socket.socket.connect
+
+    def connect(sock, address):
+        if isinstance(address, tuple) and ipaddress.ip_address(address[0]) not in loopback:
+            raise OSError(f"test tried to connect outside 127.0.0.0/8: {address}")
+        return real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)

@@ -4,8 +4,6 @@ real training workers), shared by the module's tests."""
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,17 +15,8 @@ from serve.gateway import ApiKey, hash_key, new_key
 
 
 @pytest.fixture(autouse=True)
-def loopback_only(monkeypatch) -> None:
-    """Nothing in this process connects outside 127.0.0.0/8."""
-    loopback = ipaddress.ip_network("127.0.0.0/8")
-    real_connect = socket.socket.connect
-
-    def connect(sock, address):
-        if isinstance(address, tuple) and ipaddress.ip_address(address[0]) not in loopback:
-            raise OSError(f"test tried to connect outside 127.0.0.0/8: {address}")
-        return real_connect(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
+def _loopback_only(loopback_only) -> None:
+    """Every test here: no connection outside 127.0.0.0/8."""
 
 
 @dataclass(frozen=True)
