@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import signal
+import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -35,6 +35,14 @@ def train_command(
             "last checkpoint, in the same MLflow run.",
         ),
     ] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Validate the config and print it as JSON with every default filled in "
+            '({"config": ...}, or {"problems": [...]} and exit 2); train nothing.',
+        ),
+    ] = False,
 ) -> None:
     """Fine-tune a LoRA adapter, track it in MLflow and register it.
 
@@ -48,7 +56,12 @@ def train_command(
     try:
         config = load_config(config_path, overrides or [])
     except ConfigError as error:
+        if check:
+            typer.echo(json.dumps({"problems": error.problems}))
         _fail(str(error), code=2)
+    if check:
+        typer.echo(json.dumps({"config": config.model_dump(mode="json")}))
+        return
     from adapters import AdapterError
     from train.run import RunDirError, TrainingCancelled, run_training
 
@@ -86,6 +99,7 @@ def ui_command(
     """
     from adapters import start_mlflow_server
     from gemlora.paths import gemlora_home
+    from gemlora.signals import sigterm_as_ctrl_c
 
     home = gemlora_home()
     try:
@@ -98,7 +112,7 @@ def ui_command(
         hint = ""
     typer.echo(f"MLflow UI: {server.url} (data in {home / 'mlflow'}){hint}")
     typer.echo("Press Ctrl-C to stop.")
-    signal.signal(signal.SIGTERM, _interrupt)
+    sigterm_as_ctrl_c()
     try:
         while server.process.poll() is None:
             time.sleep(1)
@@ -108,10 +122,6 @@ def ui_command(
         typer.echo("stopping MLflow")
     finally:
         server.stop()
-
-
-def _interrupt(_signum, _frame):
-    raise KeyboardInterrupt
 
 
 def _fail(message: str, code: int = 1):

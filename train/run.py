@@ -33,13 +33,16 @@ import yaml
 
 from gemlora.bases import BaseSpec, resolve_base
 from gemlora.paths import gemlora_home
+from gemlora.rundir import (
+    ADAPTER_DIR,
+    CHECKPOINTS_DIR,
+    PROGRESS_FILE,
+    RUN_FILE,
+    last_checkpoint,
+    read_state,
+)
 from train.config import ConfigError, TrainConfig, parse_config
 from train.dataset import TrainingData, load_training_data
-
-RUN_FILE = "run.json"
-PROGRESS_FILE = "progress.jsonl"
-CHECKPOINTS_DIR = "checkpoints"
-ADAPTER_DIR = "adapter"
 
 
 class TrainingCancelled(BaseException):
@@ -110,7 +113,7 @@ def _run(
     progress.write("start", run_id=run_id, run_dir=str(run_dir), resumed=resume)
     loaded = _load(config, spec)
     trainer = _trainer(config, loaded, data, run_dir, progress)
-    checkpoint = last_checkpoint(run_dir / CHECKPOINTS_DIR) if resume else None
+    checkpoint = last_checkpoint(run_dir) if resume else None
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     adapter_dir = run_dir / ADAPTER_DIR
@@ -191,11 +194,6 @@ def _runs_of(config: TrainConfig) -> Path:
     return gemlora_home() / "runs" / config.output.name
 
 
-def read_state(run_dir: Path) -> dict | None:
-    path = run_dir / RUN_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def _write_state(run_dir: Path, **changes) -> None:
     state = (read_state(run_dir) or {}) | changes
     path = run_dir / RUN_FILE
@@ -206,13 +204,6 @@ def _write_state(run_dir: Path, **changes) -> None:
 def _changed_fields(before: TrainConfig, now: TrainConfig) -> list[str]:
     old, new = before.flat(), now.flat()
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-
-
-def last_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest complete checkpoint: the Trainer writes `trainer_state.json` last, so a
-    checkpoint cut short by a kill has none and is skipped."""
-    complete = [p.parent for p in checkpoints.glob("checkpoint-*/trainer_state.json")]
-    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
 def _progress_log(run_dir: Path):

@@ -1,5 +1,5 @@
 """`gemlora serve CONFIG.yaml`: MLflow (when the registry is a local server that is not running),
-the vLLM engine and the gateway, in the foreground; Ctrl-C stops all three.
+the vLLM engine and the gateway, in the foreground; Ctrl-C (or SIGTERM) stops all three.
 `gemlora keys new ID`: a new API key, stored hashed in a keys file.
 """
 
@@ -33,8 +33,9 @@ def serve_command(
     """Serve the config's base and registry adapters behind the OpenAI-compatible gateway.
 
     Starts MLflow if the registry is a local server that is not running, then the vLLM engine
-    (1-3 minutes on CPU), then the gateway; Ctrl-C stops all of them."""
+    (1-3 minutes on CPU), then the gateway; Ctrl-C or SIGTERM stops all of them."""
     from gemlora.config import ConfigError
+    from gemlora.signals import sigterm_as_ctrl_c
     from serve.config import load_serve_config
 
     overrides = list(overrides or [])
@@ -45,6 +46,9 @@ def serve_command(
     except ConfigError as error:
         errors.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
+    # uvicorn stops the gateway on SIGTERM, then raises it again: as KeyboardInterrupt, so that
+    # the engine and MLflow stop too.
+    sigterm_as_ctrl_c()
     with contextlib.ExitStack() as running:
         try:
             _start_mlflow_if_local(config.registry, running)

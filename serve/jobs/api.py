@@ -38,13 +38,20 @@ from serve.gateway.errors import GatewayError, validation_error
 from serve.jobs.config import JobsConfig
 from serve.jobs.files import UploadRejected, ingest, upload_suffix
 from serve.jobs.progress import checkpoints, read_progress, training_events
-from serve.jobs.runner import RUN_DIR, TRAIN_CONFIG, JobRunner
+from serve.jobs.runner import (
+    RUN_DIR,
+    TRAIN_CONFIG,
+    JobRunner,
+    TrainConfigRejected,
+    checked_training_config,
+)
 from serve.jobs.schema import (
     CreateJobRequest,
     TrainSettingsError,
     adapter_name,
+    apply_lr_multiplier,
     effective_hyperparameters,
-    parse_training,
+    settings_error,
     training_document,
 )
 from serve.jobs.store import FileRecord, JobRecord, JobStore, new_id
@@ -238,11 +245,15 @@ class JobsApi:
                 tracking_uri=self.tracking_uri,
                 job_id=job_id,
             )
-            train_config = parse_training(document)
+            train_config = await checked_training_config(document)
+        except TrainConfigRejected as rejected:
+            error = settings_error(rejected.problems)
+            raise GatewayError(400, str(error), param=error.param, code="invalid_value") from None
         except TrainSettingsError as error:
             raise GatewayError(400, str(error), param=error.param, code="invalid_value") from None
+        apply_lr_multiplier(train_config, create)
         job_dir.mkdir(parents=True)
-        (job_dir / TRAIN_CONFIG).write_text(yaml.safe_dump(train_config.model_dump(mode="json")))
+        (job_dir / TRAIN_CONFIG).write_text(yaml.safe_dump(train_config))
         job = JobRecord(
             id=job_id,
             owner=key.id,
@@ -253,7 +264,7 @@ class JobsApi:
             name=name,
             request={
                 "hyperparameters": effective_hyperparameters(train_config, create),
-                "seed": train_config.training.seed,
+                "seed": train_config["training"]["seed"],
                 "suffix": create.suffix,
                 "metadata": create.metadata,
             },

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from train.run import CHECKPOINTS_DIR, PROGRESS_FILE, last_checkpoint, read_state
+from gemlora.rundir import PROGRESS_FILE, last_checkpoint, read_state
 
 TERMINAL_EVENTS = ("finished", "cancelled", "failed")
 
@@ -50,7 +50,7 @@ def run_state(run_dir: Path) -> dict[str, Any]:
 
 def last_step(run_dir: Path) -> int:
     """The step of the newest complete checkpoint (0: none yet), where a resume starts."""
-    checkpoint = last_checkpoint(run_dir / CHECKPOINTS_DIR)
+    checkpoint = last_checkpoint(run_dir)
     return int(checkpoint.name.rsplit("-", 1)[-1]) if checkpoint else 0
 
 

@@ -17,16 +17,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+import yaml
 
 from gemlora.bases import resolve_base
 from serve.gateway.config import KEYS_ENV
@@ -165,9 +169,7 @@ class JobRunner:
 
     async def _start_worker(self, job: JobRecord) -> None:
         job_dir = self.store.job_dir(job.id)
-        command = [sys.executable, "-m", "gemlora.cli", "train", str(job_dir / TRAIN_CONFIG)]
-        if job.resume:
-            command.append("--resume")
+        command = _train_command(job_dir / TRAIN_CONFIG, *(["--resume"] if job.resume else []))
         verb = f"resumes from step {last_step(self.run_dir(job.id))}" if job.resume else "starts"
         moved = self.store.transition(
             job.id,
@@ -392,6 +394,42 @@ class JobRunner:
                 resume=resumable,
                 pid=None,
             )
+
+
+async def checked_training_config(document: dict[str, Any]) -> dict[str, Any]:
+    """The training config `gemlora train --check` makes of `document`, every default filled
+    in. Raises `TrainConfigRejected` with its `path: message` problems. train validates its own
+    config in a process of its own, as it trains in one: serve never imports train."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="job-check-") as file:
+        yaml.safe_dump(document, file)
+        file.flush()
+        process = await asyncio.create_subprocess_exec(
+            *_train_command(Path(file.name), "--check"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=_worker_env(),
+        )
+        out, err = await process.communicate()
+    try:
+        answer = json.loads(out)
+    except json.JSONDecodeError:
+        answer = {}
+    if "problems" in answer:
+        raise TrainConfigRejected(answer["problems"])
+    if "config" not in answer:
+        tail = err.decode(errors="replace").strip()[-500:]
+        raise RuntimeError(f"gemlora train --check exited with code {process.returncode}: {tail}")
+    return answer["config"]
+
+
+class TrainConfigRejected(ValueError):
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def _train_command(config: Path, *options: str) -> list[str]:
+    return [sys.executable, "-m", "gemlora.cli", "train", str(config), *options]
 
 
 def _worker_env() -> dict[str, str]:

@@ -28,10 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from adapters.refs import NAME_PATTERN
-from train.config import ConfigError, TrainConfig, TrainingSection, parse_config
 
 Auto = Literal["auto"]
-DEFAULT_LR = TrainingSection.model_fields["lr"].default
 
 # Fields of the training config that the job owns, by section.
 JOB_FIELDS = {
@@ -185,29 +183,32 @@ def _apply_hyperparameters(request: CreateJobRequest, training: dict[str, Any]) 
                 f"also set as gemlora.training.{ours}; set it in one place",
             )
         training[ours] = value
-    if chosen.learning_rate_multiplier != "auto":
-        training["lr"] = training.get("lr", DEFAULT_LR) * chosen.learning_rate_multiplier
     if request.seed is not None:
         training["seed"] = request.seed
 
 
-def parse_training(document: dict[str, Any]) -> TrainConfig:
-    """Validate the document; a bad field is named as the request's `gemlora.<path>`."""
-    try:
-        return parse_config(document)
-    except ConfigError as error:
-        first = error.problems[0]
-        path, _, message = first.partition(": ")
-        more = f" (and {len(error.problems) - 1} more problems)" if len(error.problems) > 1 else ""
-        raise TrainSettingsError(f"gemlora.{path}", message + more) from None
+def settings_error(problems: list[str]) -> TrainSettingsError:
+    """The first problem `gemlora train --check` found, named as the request's
+    `gemlora.<path>`."""
+    path, _, message = problems[0].partition(": ")
+    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+    return TrainSettingsError(f"gemlora.{path}", message + more)
 
 
-def effective_hyperparameters(config: TrainConfig, request: CreateJobRequest) -> dict[str, Any]:
-    """What the job object reports: the values training uses."""
-    epochs = config.training.epochs
+def apply_lr_multiplier(config: dict[str, Any], request: CreateJobRequest) -> None:
+    """OpenAI's multiplier scales the learning rate training would use (gemlora's default or
+    the request's `gemlora.training.lr`)."""
+    multiplier = request.resolved_hyperparameters().learning_rate_multiplier
+    if multiplier != "auto":
+        config["training"]["lr"] *= multiplier
+
+
+def effective_hyperparameters(config: dict[str, Any], request: CreateJobRequest) -> dict[str, Any]:
+    """What the job object reports: the values training uses (`config` as checked)."""
+    epochs = config["training"]["epochs"]
     multiplier = request.resolved_hyperparameters().learning_rate_multiplier
     return {
         "n_epochs": int(epochs) if float(epochs).is_integer() else epochs,
-        "batch_size": config.training.batch_size,
+        "batch_size": config["training"]["batch_size"],
         "learning_rate_multiplier": 1.0 if multiplier == "auto" else multiplier,
     }

@@ -1,6 +1,7 @@
 """`gemlora serve CONFIG.yaml` end to end: it starts MLflow (the config names a local server
-that is not running), the vLLM engine and the gateway; the openai client gets an answer; Ctrl-C
-(SIGINT) stops all three. Also `gemlora keys new` and the commands' --help."""
+that is not running), the vLLM engine and the gateway; the openai client gets an answer;
+SIGTERM (what an orchestrator sends; Ctrl-C takes the same path) stops all three. Also
+`gemlora keys new` and the commands' --help."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> None:
 
 @pytest.mark.engine
 @pytest.mark.slow
-def test_serve_starts_mlflow_engine_and_gateway_and_ctrl_c_stops_them(built_models, tmp_path):
+def test_serve_starts_mlflow_engine_and_gateway_and_sigterm_stops_them(built_models, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     (home / "models").symlink_to(models_dir())  # the built bases; everything else in tmp
@@ -74,7 +75,7 @@ def test_serve_starts_mlflow_engine_and_gateway_and_ctrl_c_stops_them(built_mode
         assert completion.usage.completion_tokens <= 4  # the config's default max_tokens
         assert all(listening(port) for port in ports.values())
 
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=90) == 0
     finally:
         if process.poll() is None:

@@ -3,13 +3,16 @@ and bad values are refused naming the field. Also the training config a job requ
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from gemlora.config import ConfigError
 from gemlora.paths import CONFIGS_DIR, gemlora_home
 from serve.config import load_serve_config
 from serve.jobs import JobsConfig
-from serve.jobs.schema import CreateJobRequest, parse_training, training_document
+from serve.jobs.runner import TrainConfigRejected, checked_training_config
+from serve.jobs.schema import CreateJobRequest, apply_lr_multiplier, training_document
 
 
 def test_the_demo_config_serves_the_jobs_api_and_others_do_not():
@@ -30,6 +33,19 @@ def test_bad_jobs_settings_are_refused_naming_the_field():
         load_serve_config(demo, ["jobs.workers=2"])
 
 
+def _job_document(request: CreateJobRequest, tmp_path) -> dict:
+    return training_document(
+        request,
+        quantized_base=True,
+        name="style-1",
+        train_file=tmp_path / "train.jsonl",
+        eval_file=None,
+        run_dir=tmp_path / "run",
+        tracking_uri="http://127.0.0.1:5000",
+        job_id="ftjob-1",
+    )
+
+
 def test_a_request_becomes_the_training_config_gemlora_train_runs(tmp_path):
     request = CreateJobRequest.model_validate(
         {
@@ -41,21 +57,27 @@ def test_a_request_becomes_the_training_config_gemlora_train_runs(tmp_path):
         }
     )
 
-    config = parse_training(
-        training_document(
-            request,
-            quantized_base=True,
-            name="style-1",
-            train_file=tmp_path / "train.jsonl",
-            eval_file=None,
-            run_dir=tmp_path / "run",
-            tracking_uri="http://127.0.0.1:5000",
-            job_id="ftjob-1",
-        )
+    config = asyncio.run(checked_training_config(_job_document(request, tmp_path)))
+    apply_lr_multiplier(config, request)
+
+    base, training, output = config["base"], config["training"], config["output"]
+    assert (base["model"], base["quantization"]) == ("gemma-3-270m-w4a16", "dequantized")
+    assert (training["epochs"], training["lr"], training["seed"]) == (3, 5e-4, 3)
+    assert config["lora"]["r"] == 8 and config["data"]["eval_file"] is None
+    assert (output["name"], output["dir"]) == ("style-1", str(tmp_path / "run"))
+    assert output["tags"] == {"gemlora.job_id": "ftjob-1"}
+
+
+def test_gemlora_train_check_names_every_bad_field_of_a_job(tmp_path):
+    request = CreateJobRequest.model_validate(
+        {
+            "model": "gemma-3-270m-w4a16",
+            "training_file": "file-a",
+            "gemlora": {"lora": {"r": "wide"}, "training": {"warmup": 1}},
+        }
     )
 
-    assert (config.base.model, config.base.quantization) == ("gemma-3-270m-w4a16", "dequantized")
-    assert (config.training.epochs, config.training.lr, config.training.seed) == (3, 5e-4, 3)
-    assert config.lora.r == 8 and config.data.eval_file is None
-    assert (config.output.name, config.output.dir) == ("style-1", tmp_path / "run")
-    assert config.output.tags == {"gemlora.job_id": "ftjob-1"}
+    with pytest.raises(TrainConfigRejected) as rejected:
+        asyncio.run(checked_training_config(_job_document(request, tmp_path)))
+
+    assert [p.split(":")[0] for p in rejected.value.problems] == ["lora.r", "training.warmup"]

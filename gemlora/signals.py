@@ -1,0 +1,15 @@
+"""Foreground commands stop the same way for `kill` (SIGTERM, what systemd, Kubernetes and
+`make demo-stop`-style scripts send) as for Ctrl-C: their `finally` and `with` cleanup runs."""
+
+from __future__ import annotations
+
+import signal
+
+
+def sigterm_as_ctrl_c() -> None:
+    """From now on, SIGTERM raises KeyboardInterrupt in the main thread."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(_signum, _frame):
+    raise KeyboardInterrupt
