@@ -62,8 +62,13 @@ class RegistryConfig(BaseModel):
         description="MLflow server URL or SQL database URI; default $MLFLOW_TRACKING_URI, "
         f"else the local server {DEFAULT_TRACKING_URI}. The file store is refused.",
     )
-    cache_dir: Path = Field(default_factory=lambda: gemlora_home() / "adapter-cache")
-    cache_max_bytes: int = Field(default=2 * 1024**3, gt=0)
+    cache_dir: Path = Field(
+        default_factory=lambda: gemlora_home() / "adapter-cache",
+        description="Where resolved adapter versions are kept (verified, by content digest).",
+    )
+    cache_max_bytes: int = Field(
+        default=2 * 1024**3, gt=0, description="Cache size cap; least recently used go first."
+    )
     default_alias: str = Field(default="champion", description="What a bare `NAME` means.")
     alias_ttl_s: float = Field(
         default=30,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -31,9 +31,12 @@ _URL_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
 class ImageLimits(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_bytes: int = 20 * MB
-    max_pixels: int = 50_000_000
-    formats: frozenset[str] = frozenset({"PNG", "JPEG", "WEBP"})  # "GIF" may be added
+    max_bytes: int = Field(default=20 * MB, description="Encoded size of one image, at most.")
+    max_pixels: int = Field(default=50_000_000, description="Width x height, at most.")
+    formats: frozenset[str] = Field(
+        default=frozenset({"PNG", "JPEG", "WEBP"}),  # "GIF" may be added
+        description="Formats accepted, by content (sniffed), not by name.",
+    )
 
 
 class ImageError(ValueError):

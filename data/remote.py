@@ -67,7 +67,9 @@ class FetchPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    allowed_schemes: frozenset[str] = frozenset({"https"})
+    allowed_schemes: frozenset[str] = Field(
+        default=frozenset({"https"}), description="URL schemes that may be fetched (https, http)."
+    )
     allow_loopback: bool = Field(default=False, description="For tests and local development.")
     allowed_hosts: frozenset[str] | None = Field(
         default=None, description="When set, only these host names may be fetched."
@@ -75,8 +77,10 @@ class FetchPolicy(BaseModel):
     allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = Field(
         default=(), description="Private ranges to allow anyway (never the metadata addresses)."
     )
-    max_redirects: int = 3
-    timeout_s: float = 10.0
+    max_redirects: int = Field(
+        default=3, description="Redirects followed, each target checked again."
+    )
+    timeout_s: float = Field(default=10.0, description="Whole fetch, connect to last byte.")
     limits: ImageLimits = ImageLimits()
 
 

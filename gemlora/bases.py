@@ -29,10 +29,10 @@ class BaseSpec(BaseModel):
     source: Literal["local", "hub"] = Field(description="`local`: built by `gemlora models build`.")
     hub_id: str | None = Field(default=None, description="Hub repository id for `source: hub`.")
     revision: str | None = Field(default=None, description="Hub revision (commit, tag or branch).")
-    quantization: Quantization = "none"
-    multimodal: bool = False
+    quantization: Quantization = Field(default="none", description="How the weights are stored.")
+    multimodal: bool = Field(default=False, description="Takes images (Gemma 3 4B and up).")
     max_model_len: int = Field(default=8192, description="Context length the engine serves.")
-    description: str = ""
+    description: str = Field(default="", description="Shown by `gemlora models list`.")
     path: Path | None = Field(default=None, description="Set for a base given as a directory.")
 
     @property

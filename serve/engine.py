@@ -42,17 +42,22 @@ class EngineConfig(BaseModel):
     host: Literal["127.0.0.1"] = Field(
         default="127.0.0.1", description="The engine only listens on loopback."
     )
-    port: int = Field(default=8100, ge=1, le=65535)
-    dtype: Literal["bfloat16", "float32", "auto"] = "bfloat16"
+    port: int = Field(default=8100, ge=1, le=65535, description="Loopback port of the engine.")
+    dtype: Literal["bfloat16", "float32", "auto"] = Field(
+        default="bfloat16",
+        description="Activation dtype (--dtype); quantized bases keep their weights.",
+    )
     max_model_len: int | None = Field(
         default=None, ge=16, description="Context length (default: the catalogue's)."
     )
     max_num_seqs: int = Field(default=16, ge=1, description="Sequences batched together.")
-    enable_lora: bool = True
+    enable_lora: bool = Field(default=True, description="Serve LoRA adapters (--enable-lora).")
     max_lora_rank: int = Field(default=16, description=f"One of {LORA_RANKS}.")
     max_loras: int = Field(default=4, ge=1, description="Adapters in one batch.")
     max_cpu_loras: int = Field(default=8, ge=1, description="Adapters kept loaded in memory.")
-    max_images_per_prompt: int = Field(default=8, ge=0)
+    max_images_per_prompt: int = Field(
+        default=8, ge=0, description="Images in one request (multimodal bases)."
+    )
     memory_fraction: float = Field(
         default=0.3,
         gt=0,
@@ -60,7 +65,9 @@ class EngineConfig(BaseModel):
         description="--gpu-memory-utilization: fraction of GPU memory, or of RAM on CPU.",
     )
     cpu_kv_cache_gib: int = Field(default=1, ge=1, description="VLLM_CPU_KVCACHE_SPACE on CPU.")
-    startup_timeout_s: float = Field(default=600, gt=0)
+    startup_timeout_s: float = Field(
+        default=600, gt=0, description="How long start-up may take before it counts as failed."
+    )
     extra_args: list[str] = Field(default_factory=list, description="Passed to vLLM verbatim.")
 
     def model_post_init(self, _context) -> None:

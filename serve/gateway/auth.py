@@ -37,7 +37,9 @@ class ApiKey(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    id: str = Field(
+        min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Name in logs and metrics."
+    )
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 hex of the secret key.")
     models: tuple[str, ...] = Field(default=("*",), description="fnmatch patterns of models.")
     requests_per_minute: int | None = Field(default=60, ge=1, description="None: unlimited.")

@@ -27,9 +27,11 @@ class SamplingDefaults(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_tokens: int = Field(default=512, ge=1)
-    temperature: float = Field(default=0.2, ge=0, le=2)
-    top_p: float = Field(default=0.7, gt=0, le=1)
+    max_tokens: int = Field(
+        default=512, ge=1, description="When neither max_tokens nor max_completion_tokens is given."
+    )
+    temperature: float = Field(default=0.2, ge=0, le=2, description="When temperature is left out.")
+    top_p: float = Field(default=0.7, gt=0, le=1, description="When top_p is left out.")
 
 
 class ImagePolicy(BaseModel):
@@ -52,7 +54,7 @@ class GatewayConfig(BaseModel):
     host: str = Field(
         default="127.0.0.1", description="Bind address; non-loopback only with auth on."
     )
-    port: int = Field(default=8000, ge=1, le=65535)
+    port: int = Field(default=8000, ge=1, le=65535, description="Port teams call.")
     auth: bool = Field(default=True, description="Require API keys (off only on loopback).")
     keys_file: Path | None = Field(
         default=None,
