@@ -1,4 +1,4 @@
-"""`gemlora train CONFIG.yaml [--set KEY=VALUE]... [--resume]` and `gemlora ui`."""
+"""`gemlora train CONFIG.yaml [--set KEY=VALUE]... [--resume | --check]` and `gemlora ui`."""
 
 from __future__ import annotations
 
@@ -78,6 +78,8 @@ def train_command(
         _fail(f"the dataset has errors (check it with `gemlora data validate`):\n{problems}")
     except (RunDirError, AdapterError, ConnectionError, LookupError) as error:
         _fail(str(error))
+    if result is None:
+        return  # not the main process of a multi-process run: it reports for all
     typer.echo(f"run {result.run_id} finished at step {result.global_step}: {result.run_dir}")
     for metric, value in sorted(result.eval_scores.items()):
         typer.echo(f"  {metric}: {value:.4g}")

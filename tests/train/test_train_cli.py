@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -59,3 +60,20 @@ def test_train_explains_an_unreachable_tracking_server(tiny_config, tmp_path):
     assert result.exit_code == 1
     assert "no MLflow server answers" in result.output
     assert "gemlora ui" in result.output
+
+
+def test_check_prints_the_config_with_defaults_and_trains_nothing(tiny_config, tmp_path):
+    config = tiny_config()
+    path = write_config(config, tmp_path / "c.yaml")
+    result = CliRunner().invoke(app, ["train", str(path), "--check", "--set", "lora.r=2"])
+    assert result.exit_code == 0, result.output
+    checked = json.loads(result.output)["config"]
+    assert checked["lora"]["r"] == 2
+    assert checked["training"]["lr_scheduler"] == "linear"  # a default filled in
+    assert not config.output.dir.exists()  # no run directory, no MLflow run
+
+    bad = CliRunner().invoke(app, ["train", str(path), "--check", "--set", "training.lr=0"])
+    assert bad.exit_code == 2
+    assert json.loads(bad.stdout.splitlines()[0]) == {
+        "problems": ["training.lr: Input should be greater than 0"]
+    }
