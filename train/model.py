@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,6 @@ def torch_dtype(compute_dtype: str):
 
 def load_base(settings: BaseSection, spec: BaseSpec) -> LoadedBase:
     """Load the base model and its processor for training."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
     revision = settings.revision or spec.revision
@@ -71,11 +71,27 @@ def load_base(settings: BaseSection, spec: BaseSpec) -> LoadedBase:
         revision=revision,
         dtype=torch_dtype(settings.compute_dtype),
         quantization_config=quantization_config(settings, spec),
-        device_map={"": torch.cuda.current_device()} if torch.cuda.is_available() else None,
+        device_map=_device_map(),
     )
     if settings.quantization == "bnb-nf4":
         keep_nf4_trainable_on_cpu(model)
     return LoadedBase(model, processor, spec, multimodal)
+
+
+def sharded_training() -> bool:
+    """Launched by `accelerate launch` with an FSDP or DeepSpeed config
+    (configs/accelerate/): the launcher shards the model over the processes."""
+    return any(os.environ.get(f"ACCELERATE_USE_{kind}") == "true" for kind in ("FSDP", "DEEPSPEED"))
+
+
+def _device_map() -> dict[str, int] | None:
+    """A whole copy on this process's GPU (LOCAL_RANK, set by the launchers; data parallel),
+    or None: CPU, or a sharded run, where the launcher places the weights."""
+    import torch
+
+    if not torch.cuda.is_available() or sharded_training():
+        return None
+    return {"": int(os.environ.get("LOCAL_RANK", "0"))}
 
 
 def quantization_config(settings: BaseSection, spec: BaseSpec):
@@ -98,6 +114,13 @@ def quantization_config(settings: BaseSection, spec: BaseSpec):
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch_dtype(settings.compute_dtype),
+            # FSDP shards only floating-point storage: QLoRA under FSDP stores the 4-bit
+            # weights in the compute dtype.
+            **(
+                {"bnb_4bit_quant_storage": torch_dtype(settings.compute_dtype)}
+                if sharded_training()
+                else {}
+            ),
         )
     if settings.quantization == "bnb-int8":
         return BitsAndBytesConfig(load_in_8bit=True)

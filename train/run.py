@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -66,9 +67,15 @@ class TrainResult:
     promoted: bool | None = None  # whether `promote_if` moved its alias; None: not configured
 
 
-def run_training(config: TrainConfig, *, resume: bool = False) -> TrainResult:
+def run_training(config: TrainConfig, *, resume: bool = False) -> TrainResult | None:
     """Train, evaluate and register one adapter. With `resume`, continue the newest run of
-    `config` (or the run in `output.dir`) from its last checkpoint, in the same MLflow run."""
+    `config` (or the run in `output.dir`) from its last checkpoint, in the same MLflow run.
+
+    Under `accelerate launch` or `torchrun` every process calls this; the main one returns the
+    result, the others (which only train and evaluate their share) return None."""
+    if not is_main_process():
+        _follow(config, resume)
+        return None
     run_dir = resume_dir(config) if resume else new_run_dir(config)
     progress = _progress_log(run_dir)
     with sigterm_cancels() as finish:
@@ -140,14 +147,51 @@ def _run(
     return result
 
 
+# --- several processes (accelerate launch, torchrun) ------------------------------------------
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """The process that owns the run directory, the MLflow run and the registration: rank 0
+    (the launchers set RANK), or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _follow(config: TrainConfig, resume: bool) -> None:
+    """Another process of a multi-process run: it trains its share of every batch and takes
+    its part in the eval loss. The main process writes everything else."""
+    run_dir = resume_dir(config) if resume else _shared_run_dir(config)
+    spec = resolve_base(config.base.model)
+    data = load_training_data(config.data, config.base.model)
+    trainer = _trainer(config, _load(config, spec), data, run_dir, progress=None)
+    checkpoint = last_checkpoint(run_dir) if resume else None
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if data.eval:
+        trainer.evaluate()
+
+
+def _shared_run_dir(config: TrainConfig) -> Path:
+    if config.output.dir is None:
+        raise ConfigError(
+            [
+                f"output.dir: required when training with several processes ({world_size()}): "
+                "they all write one run directory; set it, e.g. --set output.dir=runs/my-run"
+            ]
+        )
+    return config.output.dir
+
+
 # --- the run directory ------------------------------------------------------------------------
 
 
 def new_run_dir(config: TrainConfig) -> Path:
     """`output.dir`, which must not hold a run that reached MLflow, or a fresh timestamped
     directory under $GEMLORA_HOME/runs/<name>/."""
-    if config.output.dir is not None:
-        run_dir = config.output.dir
+    if config.output.dir is not None or world_size() > 1:
+        run_dir = _shared_run_dir(config)
         if (read_state(run_dir) or {}).get("run_id"):
             raise RunDirError(
                 f"{run_dir} already holds a run: pass --resume to continue it, or choose "
@@ -324,7 +368,8 @@ def _load(config: TrainConfig, spec: BaseSpec):
 
 
 def _trainer(config: TrainConfig, loaded, data: TrainingData, run_dir: Path, progress):
-    """TRL's SFTTrainer with PEFT LoRA, gemlora's collator and the MLflow/progress callback."""
+    """TRL's SFTTrainer with PEFT LoRA, gemlora's collator and the MLflow/progress callback
+    (main process only: `progress` is None in the others)."""
     import torch
     from trl import SFTConfig, SFTTrainer
 
@@ -365,6 +410,8 @@ def _trainer(config: TrainConfig, loaded, data: TrainingData, run_dir: Path, pro
         remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},
         max_length=None,
+        # Every LoRA weight takes part in every step: DDP need not search for unused ones.
+        ddp_find_unused_parameters=False,
     )
     return SFTTrainer(
         model=loaded.model,
@@ -374,7 +421,7 @@ def _trainer(config: TrainConfig, loaded, data: TrainingData, run_dir: Path, pro
         processing_class=loaded.processor,
         data_collator=Gemma3ChatCollator(loaded.processor),
         peft_config=lora_config(config.lora, loaded.multimodal),
-        callbacks=[MlflowProgressCallback(progress)],
+        callbacks=[MlflowProgressCallback(progress)] if progress is not None else [],
     )
 
 
