@@ -21,16 +21,18 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import aiohttp
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from adapters import AdapterRegistry
 from data.remote import Resolver
@@ -53,6 +55,8 @@ access_log = logging.getLogger("gemlora.gateway.access")
 CHAT_PATH = "/v1/chat/completions"
 # The final event of a stream with include_usage has no choices, only the usage.
 USAGE_EVENT_MARK = b'"choices":[]'
+# vLLM opens each choice of a stream with an event that has the role and no text yet.
+ROLE_EVENT_MARK = b'"delta":{"role":"assistant","content":""}'
 
 
 @dataclass
@@ -85,6 +89,7 @@ class Exchange:
     ttft_s: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    relayed_text: bool = False  # a stream passed on more than its opening role events
     relayed_all: bool = False  # a stream reached its end
 
 
@@ -101,8 +106,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     app = FastAPI(title="gemlora gateway", lifespan=lifespan, openapi_url=None)
     app.state.gateway = gateway
-    # Plain routes (request in, response out): the handlers parse and validate the body
-    # themselves, so FastAPI's per-request dependency machinery would only add latency.
+    # Chat completions skip FastAPI's routing and exception layers (see ChatFastPath); the
+    # route stays so that other methods on the path get a 405.
+    app.add_middleware(ChatFastPath, handler=gateway.serve_chat)
     app.add_route(CHAT_PATH, gateway.chat_completions, methods=["POST"])
     app.add_route("/v1/models", gateway.list_models, methods=["GET"])
     app.add_route("/health", gateway.health, methods=["GET"])
@@ -115,6 +121,23 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
         mount_jobs(app, gateway, settings.jobs)
     return app
+
+
+class ChatFastPath:
+    """POST /v1/chat/completions goes straight to the gateway's handler; everything else to
+    the FastAPI app. On this path the gateway's whole added latency is budgeted at 2 ms, and
+    FastAPI's router, exception and exit-stack layers cost a sizeable part of it on a small
+    CPU; the handler parses, validates and answers errors itself."""
+
+    def __init__(self, app: ASGIApp, handler: ASGIApp) -> None:
+        self.app = app
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == CHAT_PATH:
+            await self.handler(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 async def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -175,7 +198,12 @@ class Gateway:
 
     # --- POST /v1/chat/completions ------------------------------------------------------------
 
-    async def chat_completions(self, request: Request) -> Response:
+    async def serve_chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The chat endpoint as a plain ASGI app (what ChatFastPath calls)."""
+        response = await self.chat_completions(Request(scope, receive))
+        await response(scope, receive, send)
+
+    async def chat_completions(self, request: Request) -> Response | Relay:
         exchange = Exchange(request_id=f"gw-{uuid.uuid4().hex}")
         try:
             key = self.auth.authenticate(request.headers.get("authorization"))
@@ -278,12 +306,12 @@ class Gateway:
         if status == 200:
             _read_usage(json.loads(body).get("usage"), exchange)
         exchange.status = status
-        self._record(exchange)
         return Response(
             body,
             status_code=status,
             media_type="application/json",
             headers={"X-Request-Id": exchange.request_id},
+            background=BackgroundTask(self._record_after, exchange),  # after the answer is sent
         )
 
     async def _stream(
@@ -309,34 +337,38 @@ class Gateway:
                 exchange.status, exchange.code = 499, "client_disconnected"
             self._record(exchange)
 
-        return RelayResponse(
-            self._relay(upstream, wants_usage, exchange),
-            finish,
-            media_type="text/event-stream",
-            headers={"X-Request-Id": exchange.request_id, "Cache-Control": "no-cache"},
-        )
+        return Relay(self._relay(upstream, wants_usage, exchange), upstream, finish, exchange)
 
     async def _relay(self, upstream: UpstreamStream, wants_usage: bool, exchange: Exchange):
         """The engine's server-sent events as they arrive. Events are passed on whole and
-        untouched, except the usage event, which is read and dropped unless asked for."""
-        pending = b""
+        untouched, except the usage event, which is read and dropped unless asked for. The
+        opening role events (no text yet) wait for the first text, which the engine produces
+        in the same step: one write to the client instead of two on the way to the first
+        token."""
+        pending = held = b""
         try:
             async for chunk in upstream.chunks():
+                if exchange.code == "client_disconnected":
+                    return
                 if exchange.ttft_s is None:
                     exchange.ttft_s = time.perf_counter() - exchange.started
                 pending += chunk
                 if b"\n\n" not in pending:
                     continue
                 *events, pending = pending.split(b"\n\n")
-                out = [
-                    event + b"\n\n" for event in events if self._keep(event, wants_usage, exchange)
-                ]
-                if out:
-                    yield b"".join(out)
-            if pending:
-                yield pending
+                kept = [event for event in events if self._keep(event, wants_usage, exchange)]
+                if not exchange.relayed_text and all(ROLE_EVENT_MARK in e for e in kept):
+                    held += b"".join(event + b"\n\n" for event in kept)
+                    continue
+                exchange.relayed_text = True
+                yield held + b"".join(event + b"\n\n" for event in kept)
+                held = b""
+            if held or pending:
+                yield held + pending
             exchange.relayed_all = True
         except (TimeoutError, aiohttp.ClientError) as error:
+            if exchange.code == "client_disconnected":
+                return  # the relay closed the engine connection itself
             exchange.status, exchange.code = 502, "engine_stream_broken"
             message = f"the engine connection broke mid-stream ({type(error).__name__})"
             body = error_body(502, message, code=exchange.code)
@@ -358,6 +390,9 @@ class Gateway:
             logger.warning("request %s: %s", exchange.request_id, error.message)
         self._record(exchange)
         return error.response(exchange.request_id)
+
+    async def _record_after(self, exchange: Exchange) -> None:
+        self._record(exchange)
 
     def _record(self, exchange: Exchange) -> None:
         elapsed = time.perf_counter() - exchange.started
@@ -425,25 +460,63 @@ class Gateway:
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
 
 
-class RelayResponse(StreamingResponse):
-    """A streaming response that always closes its source and then calls `on_close`, also when
-    the client went away before the first chunk."""
+class Relay:
+    """The ASGI response of a streamed answer: the engine's events as they arrive. A task
+    watches the client; when it goes, the engine connection is closed, which makes vLLM abort
+    the generation. `on_close` runs however the stream ends. (Starlette's StreamingResponse
+    does the same with an anyio task group, which costs more per request than the gateway's
+    whole latency budget allows on a small CPU.)"""
 
-    def __init__(self, content, on_close: Callable[[], None], **kwargs) -> None:
-        super().__init__(content, **kwargs)
+    HEADERS = ((b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"))
+
+    def __init__(
+        self,
+        events: AsyncIterator[bytes],
+        upstream: UpstreamStream,
+        on_close: Callable[[], None],
+        exchange: Exchange,
+    ) -> None:
+        self.events = events
+        self.upstream = upstream
         self.on_close = on_close
+        self.exchange = exchange
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watcher = asyncio.create_task(_client_disconnect_from(receive))
+        watcher.add_done_callback(self._client_left)
+        started = False
         try:
-            await super().__call__(scope, receive, send)
+            async for events in self.events:
+                if not started:  # with the first events: before them the client has nothing
+                    await self._start(send)  # to do, and every wake-up costs CPU time
+                    started = True
+                await send({"type": "http.response.body", "body": events, "more_body": True})
+            if not started:
+                await self._start(send)
+            await send({"type": "http.response.body", "body": b""})
         finally:
-            await self.body_iterator.aclose()
+            watcher.remove_done_callback(self._client_left)
+            watcher.cancel()
+            await self.events.aclose()
             self.on_close()
+
+    async def _start(self, send: Send) -> None:
+        headers = [*self.HEADERS, (b"x-request-id", self.exchange.request_id.encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+    def _client_left(self, watcher: asyncio.Task) -> None:
+        if not watcher.cancelled():
+            self.exchange.status, self.exchange.code = 499, "client_disconnected"
+            self.upstream.close()
 
 
 async def _client_disconnect(request: Request) -> None:
+    await _client_disconnect_from(request.receive)
+
+
+async def _client_disconnect_from(receive: Receive) -> None:
     """Returns when the client closes its connection (the body has been read already)."""
-    while (await request.receive())["type"] != "http.disconnect":
+    while (await receive())["type"] != "http.disconnect":
         pass
 
 
