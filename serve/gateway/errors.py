@@ -53,7 +53,11 @@ def field_path(location: tuple) -> str:
 
 
 def _is_union_member(part: str) -> bool:
-    return "[" in part or part in {"str", "int", "float", "bool", "none", "dict", "list"}
+    return (
+        "[" in part
+        or part.startswith("constrained-")
+        or part in {"str", "int", "float", "bool", "none", "dict", "list"}
+    )
 
 
 def validation_error(error: ValidationError) -> GatewayError:
@@ -63,7 +67,7 @@ def validation_error(error: ValidationError) -> GatewayError:
     # the input's shape, e.g. the bad part of a list rather than "not a string".
     problem = max(problems, key=lambda p: len(p["loc"]))
     param = field_path(problem["loc"]) or None
-    message = problem["msg"]
+    message = problem["msg"].removeprefix("Value error, ")
     if problem["type"] == "extra_forbidden":
         message = "unknown field (see the gateway's request schema)"
     elif problem["type"] == "missing":

@@ -90,7 +90,10 @@ class ChatCompletionRequest(_Strict):
     user: str | None = Field(default=None, max_length=256)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: (
+        dict[Annotated[str, Field(pattern=r"^\d+$")], Annotated[float, Field(ge=-100, le=100)]]
+        | None
+    ) = Field(default=None, description="Token id -> bias, -100..100 (OpenAI's range).")
     response_format: ResponseFormat | None = None
 
     @property

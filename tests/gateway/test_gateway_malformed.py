@@ -34,6 +34,8 @@ MALFORMED = [
     ("json-array", b"[1, 2, 3]", 400, None),
     ("empty-body", b"", 400, None),
     ("no-model", {"messages": HELLO}, 400, "model"),
+    ("logit-bias-out-of-range", chat(logit_bias={"12": 500}), 400, "logit_bias.12"),
+    ("logit-bias-not-a-token-id", chat(logit_bias={"the": 1}), 400, "logit_bias.the"),
     ("model-not-string", chat(model=7), 400, "model"),
     ("empty-model", chat(model=""), 400, "model"),
     ("no-messages", {"model": MODEL}, 400, "messages"),
