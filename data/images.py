@@ -131,6 +131,12 @@ def _check_header(image, limits: ImageLimits) -> None:
         raise ImageError(f"animated images are not supported ({frames} frames)")
 
 
+def data_url(image: LoadedImage) -> str:
+    """The image as a `data:` URL (what the engine and stored fine-tune files carry)."""
+    encoded = base64.b64encode(image.data).decode("ascii")
+    return f"data:image/{image.format.lower()};base64,{encoded}"
+
+
 def decode_data_url(url: str, limits: ImageLimits) -> LoadedImage:
     """`data:image/png;base64,...` -> image. The media type must be an image type; the actual
     format is still taken from the bytes."""

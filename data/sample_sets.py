@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data.example import Example, ImagePart, Message, TextPart
+from data.formats.openai import openai_record
 from data.images import ImageLimits, decode_image
 from data.split import split_examples
 
@@ -168,7 +169,9 @@ def write_shapes_vqa(out: Path) -> dict[str, int]:
     for example, name in pairs:
         (out / name).write_bytes(example.images[0].data)
     for side, examples in (("train", split.train), ("eval", split.eval)):
-        records = [_openai_record(example, [names[id(example)]]) for example in examples]
+        records = [
+            openai_record(example, lambda _, n=names[id(example)]: n) for example in examples
+        ]
         _write_jsonl(out / f"{side}.jsonl", records)
     return {"train": len(split.train), "eval": len(split.eval)}
 
@@ -279,28 +282,17 @@ def write_style_chat(out: Path) -> dict[str, int]:
     split = split_examples(examples, STYLE_EVAL_FRACTION, seed="style-chat")
     out.mkdir(parents=True, exist_ok=True)
     for side, chosen in (("train", split.train), ("eval", split.eval)):
-        _write_jsonl(out / f"{side}.jsonl", [_openai_record(example, []) for example in chosen])
+        _write_jsonl(
+            out / f"{side}.jsonl", [openai_record(example, _no_images) for example in chosen]
+        )
     return {"train": len(split.train), "eval": len(split.eval)}
 
 
 # --- writing ---------------------------------------------------------------------------------
 
 
-def _openai_record(example: Example, image_paths: list[str]) -> dict:
-    messages = []
-    for message in example.messages:
-        if all(isinstance(part, TextPart) for part in message.content):
-            content: str | list = message.text
-        else:
-            content = [_openai_part(part, image_paths) for part in message.content]
-        messages.append({"role": message.role, "content": content})
-    return {"messages": messages}
-
-
-def _openai_part(part: TextPart | ImagePart, image_paths: list[str]) -> dict:
-    if isinstance(part, ImagePart):
-        return {"type": "image_url", "image_url": {"url": image_paths[part.index]}}
-    return {"type": "text", "text": part.text}
+def _no_images(index: int) -> str:
+    raise ValueError(f"a text-only sample has image {index}")
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:

@@ -7,7 +7,10 @@ relative to the dataset file. `weight` (0 or 1) on an assistant turn says whethe
 
 from __future__ import annotations
 
-from data.example import Part, Role
+from collections.abc import Callable
+from typing import Any
+
+from data.example import Example, ImagePart, Part, Role
 from data.formats.common import (
     MISSING,
     Draft,
@@ -86,3 +89,25 @@ def _part(draft: Draft, part: dict, field: str) -> list[Part]:
         draft.images.append(ImageRef(f"{field}.image_url", url))
         return [draft.image_part()]
     raise RecordError(f"{field}.type", f"unsupported content part type {kind!r}")
+
+
+def openai_record(example: Example, image_url: Callable[[int], str]) -> dict[str, Any]:
+    """The example as one line of this format; `image_url(i)` gives image i's URL (a path
+    relative to the file, or a data URL). Text-only messages get string content."""
+    messages = []
+    for message in example.messages:
+        if any(isinstance(part, ImagePart) for part in message.content):
+            content: str | list = [_record_part(part, image_url) for part in message.content]
+        else:
+            content = message.text
+        record: dict[str, Any] = {"role": message.role, "content": content}
+        if message.role == "assistant" and message.weight == 0:
+            record["weight"] = 0  # context only; assistant turns are trained on by default
+        messages.append(record)
+    return {"messages": messages}
+
+
+def _record_part(part: Part, image_url: Callable[[int], str]) -> dict[str, Any]:
+    if isinstance(part, ImagePart):
+        return {"type": "image_url", "image_url": {"url": image_url(part.index)}}
+    return {"type": "text", "text": part.text}

@@ -13,11 +13,10 @@ A bad image is a 400 naming where it is: `messages[2].content[1].image_url`.
 from __future__ import annotations
 
 import asyncio
-import base64
 import re
 from dataclasses import dataclass
 
-from data.images import ImageError, LoadedImage, decode_data_url
+from data.images import ImageError, data_url, decode_data_url
 from data.remote import ImageFetcher, Resolver, system_resolver
 from serve.gateway.config import ImagePolicy
 from serve.gateway.errors import GatewayError
@@ -112,8 +111,3 @@ def split_inline_images(text: str) -> list[ContentPart] | None:
     if rest.strip():
         parts.append(ContentPart.of_text(rest))
     return parts
-
-
-def data_url(image: LoadedImage) -> str:
-    encoded = base64.b64encode(image.data).decode("ascii")
-    return f"data:image/{image.format.lower()};base64,{encoded}"

@@ -12,13 +12,14 @@ needs nothing but the file: no path, no network.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
-from data import DatasetError, Example, ImagePart, Problem, ReadOptions, Source, validate_dataset
+from data import DatasetError, Example, Problem, ReadOptions, Source, validate_dataset
+from data.formats.openai import openai_record as data_openai_record
+from data.images import data_url
 from data.remote import ImageFetcher
 
 # The formats `data/` tells apart by content, plus parquet, which it tells by the suffix.
@@ -93,23 +94,5 @@ def write_jsonl(examples: list[Example], destination: Path) -> None:
 
 
 def openai_record(example: Example) -> dict[str, Any]:
-    messages = []
-    for message in example.messages:
-        if any(isinstance(part, ImagePart) for part in message.content):
-            content: str | list = [_part(part, example) for part in message.content]
-        else:
-            content = message.text
-        record: dict[str, Any] = {"role": message.role, "content": content}
-        if message.role == "assistant" and message.weight == 0:
-            record["weight"] = 0  # context only; assistant turns are trained on by default
-        messages.append(record)
-    return {"messages": messages}
-
-
-def _part(part, example: Example) -> dict[str, Any]:
-    if isinstance(part, ImagePart):
-        image = example.images[part.index]
-        encoded = base64.b64encode(image.data).decode()
-        url = f"data:image/{image.format.lower()};base64,{encoded}"
-        return {"type": "image_url", "image_url": {"url": url}}
-    return {"type": "text", "text": part.text}
+    """The example as a stored line: OpenAI chat JSONL with its images inline."""
+    return data_openai_record(example, lambda index: data_url(example.images[index]))
