@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from jobs_helpers import BASE, GatewayServer, jobs_gateway
@@ -38,16 +37,6 @@ class Keys:
 @pytest.fixture(scope="session")
 def keys() -> Keys:
     return Keys(new_key(), new_key())
-
-
-@pytest.fixture(scope="session")
-def samples(tmp_path_factory) -> Path:
-    """`gemlora data samples` output: shapes-vqa/ and style-chat/, train.jsonl and eval.jsonl."""
-    from data.sample_sets import write_samples
-
-    out = tmp_path_factory.mktemp("samples")
-    write_samples(out)
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -20,16 +20,6 @@ def _loopback_only(loopback_only) -> None:
 
 
 @pytest.fixture(scope="session")
-def samples(tmp_path_factory) -> Path:
-    """`gemlora data samples` output: shapes-vqa/ and style-chat/, train.jsonl and eval.jsonl."""
-    from data.sample_sets import write_samples
-
-    out = tmp_path_factory.mktemp("samples")
-    write_samples(out)
-    return out
-
-
-@pytest.fixture(scope="session")
 def shapes(samples) -> tuple[Path, Path]:
     """A small shapes-vqa train file (16 image questions) and eval file (4): the tiny runs."""
     directory = samples / "shapes-vqa"
