@@ -89,7 +89,6 @@ class Exchange:
     ttft_s: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    relayed_text: bool = False  # a stream passed on more than its opening role events
     relayed_all: bool = False  # a stream reached its end
 
 
@@ -346,6 +345,7 @@ class Gateway:
         in the same step: one write to the client instead of two on the way to the first
         token."""
         pending = held = b""
+        opened = False  # past the opening role events
         try:
             async for chunk in upstream.chunks():
                 if exchange.code == "client_disconnected":
@@ -357,10 +357,10 @@ class Gateway:
                     continue
                 *events, pending = pending.split(b"\n\n")
                 kept = [event for event in events if self._keep(event, wants_usage, exchange)]
-                if not exchange.relayed_text and all(ROLE_EVENT_MARK in e for e in kept):
+                if not opened and all(ROLE_EVENT_MARK in e for e in kept):
                     held += b"".join(event + b"\n\n" for event in kept)
                     continue
-                exchange.relayed_text = True
+                opened = True
                 yield held + b"".join(event + b"\n\n" for event in kept)
                 held = b""
             if held or pending:
