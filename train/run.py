@@ -120,8 +120,7 @@ def _run(
     progress.write("start", run_id=run_id, run_dir=str(run_dir), resumed=resume)
     loaded = _load(config, spec)
     trainer = _trainer(config, loaded, data, run_dir, progress)
-    checkpoint = last_checkpoint(run_dir) if resume else None
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    _train(trainer, run_dir, resume)
 
     adapter_dir = run_dir / ADAPTER_DIR
     trainer.model.save_pretrained(adapter_dir)  # adapter only: the tokenizer is unchanged
@@ -167,10 +166,15 @@ def _follow(config: TrainConfig, resume: bool) -> None:
     spec = resolve_base(config.base.model)
     data = load_training_data(config.data, config.base.model)
     trainer = _trainer(config, _load(config, spec), data, run_dir, progress=None)
-    checkpoint = last_checkpoint(run_dir) if resume else None
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    _train(trainer, run_dir, resume)
     if data.eval:
         trainer.evaluate()
+
+
+def _train(trainer, run_dir: Path, resume: bool) -> None:
+    """From the newest complete checkpoint when resuming, else from the start."""
+    checkpoint = last_checkpoint(run_dir) if resume else None
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
 
 def _shared_run_dir(config: TrainConfig) -> Path:
