@@ -102,8 +102,6 @@ def _row(path: str, annotation, default, description: str) -> str:
 
 
 def _value(value) -> str:
-    if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json")
     if value == "":
         return '""'
     if isinstance(value, str | Path):
