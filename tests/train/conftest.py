@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from train_helpers import subset
+from train_helpers import subset, tiny_document
 
 from train import TrainConfig, parse_config
 
@@ -38,20 +38,9 @@ def tiny_config(built_models, mlflow_server, shapes, tmp_path) -> Callable[..., 
     name = f"tiny-{uuid.uuid4().hex[:8]}"
 
     def make(**sections) -> TrainConfig:
-        train_file, eval_file = shapes
-        document = {
-            "base": {"model": "tiny-gemma-3-mm"},
-            "lora": {"r": 4, "alpha": 8},
-            "data": {"train_file": str(train_file), "eval_file": str(eval_file)},
-            "training": {"max_steps": 4, "batch_size": 2, "lr": 1e-3, "save_steps": 2},
-            "eval": {"generation_examples": 2, "max_new_tokens": 4},
-            "output": {
-                "name": name,
-                "tracking_uri": mlflow_server.url,
-                "dir": str(tmp_path / "run"),
-                "system_metrics_interval_s": 1,
-            },
-        }
+        document = tiny_document(
+            shapes, name=name, tracking_uri=mlflow_server.url, run_dir=tmp_path / "run"
+        )
         for section, fields in sections.items():
             document.setdefault(section, {}).update(fields)
         return parse_config(document)

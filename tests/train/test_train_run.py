@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from train_helpers import changed, events, lora_tensors, write_jsonl_lines
+from train_helpers import changed, events, lora_tensors, tiny_document, write_jsonl_lines
 
 from adapters import AdapterRegistry, RegistryConfig
 from data import DatasetError, dataset_digest, read_dataset
@@ -21,24 +21,15 @@ def tiny_run(request, built_models, mlflow_server, shapes, tmp_path_factory):
     tests read what it produced)."""
     from train import parse_config
 
-    train_file, eval_file = shapes
-    config = parse_config(
-        {
-            "base": {"model": "tiny-gemma-3-mm"},
-            "lora": {"r": 4, "alpha": 8},
-            "data": {"train_file": str(train_file), "eval_file": str(eval_file)},
-            "training": {"max_steps": 4, "batch_size": 2, "lr": 1e-3, "save_steps": 2},
-            "eval": {"generation_examples": 2, "max_new_tokens": 4},
-            "output": {
-                "name": "tiny-shapes",
-                "tracking_uri": mlflow_server.url,
-                "dir": str(tmp_path_factory.mktemp("tiny-run")),
-                "system_metrics_interval_s": 1,
-                "tags": {"team": "vision"},
-                "promote_if": {"metric": "contains", "to": "champion"},
-            },
-        }
+    document = tiny_document(
+        shapes,
+        name="tiny-shapes",
+        tracking_uri=mlflow_server.url,
+        run_dir=tmp_path_factory.mktemp("tiny-run"),
     )
+    document["output"]["tags"] = {"team": "vision"}
+    document["output"]["promote_if"] = {"metric": "contains", "to": "champion"}
+    config = parse_config(document)
     return config, run_training(config)
 
 

@@ -15,6 +15,25 @@ import yaml
 from data import Example, ImageLimits, ImagePart, Message, TextPart, decode_image
 
 
+def tiny_document(shapes: tuple[Path, Path], *, name: str, tracking_uri: str, run_dir: Path):
+    """A training config (as a document) for tiny-gemma-3-mm on the shapes subset: 4 steps,
+    checkpoints every 2, a 2-example generation eval, logging to `tracking_uri`."""
+    train_file, eval_file = shapes
+    return {
+        "base": {"model": "tiny-gemma-3-mm"},
+        "lora": {"r": 4, "alpha": 8},
+        "data": {"train_file": str(train_file), "eval_file": str(eval_file)},
+        "training": {"max_steps": 4, "batch_size": 2, "lr": 1e-3, "save_steps": 2},
+        "eval": {"generation_examples": 2, "max_new_tokens": 4},
+        "output": {
+            "name": name,
+            "tracking_uri": tracking_uri,
+            "dir": str(run_dir),
+            "system_metrics_interval_s": 1,
+        },
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
