@@ -9,9 +9,9 @@
 Light to import: mlflow, safetensors and numpy load on first use.
 """
 
-from adapters.cache import AdapterCache, CacheEntry
-from adapters.compat import Compatibility, TrainingBase, check_compatibility
-from adapters.errors import (
+from gemlora.adapters.cache import AdapterCache, CacheEntry
+from gemlora.adapters.compat import Compatibility, TrainingBase, check_compatibility
+from gemlora.adapters.errors import (
     AdapterError,
     AdapterIntegrityError,
     AdapterNotFoundError,
@@ -19,10 +19,10 @@ from adapters.errors import (
     InvalidRefError,
     RegistryUnavailableError,
 )
-from adapters.metadata import AdapterMetadata, content_digest
-from adapters.mlflow_server import MlflowServer, start_mlflow_server
-from adapters.refs import AdapterRef, parse_ref
-from adapters.registry import (
+from gemlora.adapters.metadata import AdapterMetadata, content_digest
+from gemlora.adapters.mlflow_server import MlflowServer, start_mlflow_server
+from gemlora.adapters.refs import AdapterRef, parse_ref
+from gemlora.adapters.registry import (
     AdapterDetails,
     AdapterRegistry,
     AdapterSummary,

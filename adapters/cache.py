@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.errors import AdapterIntegrityError
-from adapters.metadata import content_digest
+from gemlora.adapters.errors import AdapterIntegrityError
+from gemlora.adapters.metadata import content_digest
 
 logger = logging.getLogger(__name__)
 

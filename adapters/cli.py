@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from adapters.errors import AdapterError, IncompatibleAdapterError
-from adapters.registry import (
+from gemlora.adapters.errors import AdapterError, IncompatibleAdapterError
+from gemlora.adapters.registry import (
     CANDIDATE,
     DEFAULT_TRACKING_URI,
     AdapterRegistry,
@@ -244,7 +244,7 @@ def verify(
 ) -> None:
     """Check the engine serves exactly what was trained: greedy tokens of PEFT + transformers
     vs the engine on held-out prompts. Exit code 1 unless they agree everywhere."""
-    from adapters.verify import verify_adapter
+    from gemlora.adapters.verify import verify_adapter
 
     with _registry(ctx) as registry:
         report = verify_adapter(registry, ref, engine_url, base, prompt, tokens, record)

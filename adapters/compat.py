@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.errors import IncompatibleAdapterError
-from adapters.metadata import WEIGHTS_FILE, read_adapter_config
+from gemlora.adapters.errors import IncompatibleAdapterError
+from gemlora.adapters.metadata import WEIGHTS_FILE, read_adapter_config
 from gemlora.bases import BaseSpec, load_catalogue, resolve_base
 
 # Reasons of one kind name at most this many modules or tensors, then count the rest.

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from adapters.errors import AdapterError, AdapterNotFoundError, RegistryUnavailableError
+from gemlora.adapters.errors import AdapterError, AdapterNotFoundError, RegistryUnavailableError
 
 _UNAVAILABLE_CODES = ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from adapters.errors import InvalidRefError
+from gemlora.adapters.errors import InvalidRefError
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # MLflow reserves `latest` and aliases that look like versions (`v3`).

@@ -21,11 +21,11 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from adapters import mlflow_client
-from adapters.cache import AdapterCache
-from adapters.compat import Compatibility, TrainingBase, check_compatibility, lookup_base
-from adapters.errors import AdapterError, AdapterNotFoundError, RegistryUnavailableError
-from adapters.metadata import (
+from gemlora.adapters import mlflow_client
+from gemlora.adapters.cache import AdapterCache
+from gemlora.adapters.compat import Compatibility, TrainingBase, check_compatibility, lookup_base
+from gemlora.adapters.errors import AdapterError, AdapterNotFoundError, RegistryUnavailableError
+from gemlora.adapters.metadata import (
     DIGEST_TAG,
     KIND,
     KIND_TAG,
@@ -37,7 +37,13 @@ from adapters.metadata import (
     metadata_from_config,
     read_adapter_config,
 )
-from adapters.refs import AdapterRef, parse_ref, validate_alias, validate_name, validate_version
+from gemlora.adapters.refs import (
+    AdapterRef,
+    parse_ref,
+    validate_alias,
+    validate_name,
+    validate_version,
+)
 from gemlora.bases import BaseSpec, load_catalogue, resolve_base
 from gemlora.paths import gemlora_home
 

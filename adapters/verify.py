@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, Field
 
-from adapters.errors import AdapterError
+from gemlora.adapters.errors import AdapterError
 from gemlora.bases import BaseSpec
 
 VERIFY_TAG = "gemlora.verify"
@@ -170,7 +170,7 @@ def verify_adapter(
     and record the result as the `gemlora.verify` tag of the version `ref` points at."""
     from transformers import AutoTokenizer
 
-    from adapters.registry import served_base
+    from gemlora.adapters.registry import served_base
 
     spec = served_base(base)
     resolved = registry.resolve(ref, base=spec)

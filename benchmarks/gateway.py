@@ -155,13 +155,13 @@ async def measure_all(direct_url: str, gateway_url: str, key: str, requests: int
 def serve_gateway(engine_url: str, port: int) -> None:
     """The child process: the gateway as `gemlora serve` runs it (keys from $GEMLORA_API_KEYS,
     access log on)."""
-    from serve.gateway import GatewayConfig, GatewaySettings, run_gateway
+    from gemlora.serve.gateway import GatewayConfig, GatewaySettings, run_gateway
 
     run_gateway(GatewaySettings(GatewayConfig(port=port), engine_url=engine_url, base=BASE))
 
 
 def start_gateway(engine_url: str, key: str, log_dir: Path) -> tuple[subprocess.Popen, str]:
-    from serve.gateway import hash_key
+    from gemlora.serve.gateway import hash_key
 
     port = free_port()
     keys = {"keys": [{"id": "bench", "sha256": hash_key(key), "requests_per_minute": None}]}
@@ -213,9 +213,9 @@ def main() -> None:
         serve_gateway(args.serve_gateway[0], int(args.serve_gateway[1]))
         return
 
-    from serve.engine import EngineConfig, start_engine
-    from serve.gateway import new_key
-    from train.bases import build_model
+    from gemlora.serve.engine import EngineConfig, start_engine
+    from gemlora.serve.gateway import new_key
+    from gemlora.train.bases import build_model
 
     log_dir = Path(tempfile.mkdtemp(prefix="gemlora-bench-"))
     engine = None

@@ -8,7 +8,7 @@ the train/eval split, and the SSRF-safe image fetcher that serving shares.
 Nothing here imports torch or transformers at import time.
 """
 
-from data.example import (
+from gemlora.data.example import (
     DatasetError,
     Example,
     ImagePart,
@@ -20,20 +20,20 @@ from data.example import (
     TextPart,
     dataset_digest,
 )
-from data.formats import FORMATS, DatasetFormat
-from data.images import ImageError, ImageLimits, LoadedImage, decode_image
-from data.reader import ReadOptions, ReadResult, read_dataset
-from data.remote import FetchPolicy, ImageFetcher, ImageFetchError
-from data.report import DatasetReport, LengthStats, validate_dataset
-from data.split import Split, is_eval, split_examples
-from data.tokens import (
+from gemlora.data.formats import FORMATS, DatasetFormat
+from gemlora.data.images import ImageError, ImageLimits, LoadedImage, decode_image
+from gemlora.data.reader import ReadOptions, ReadResult, read_dataset
+from gemlora.data.remote import FetchPolicy, ImageFetcher, ImageFetchError
+from gemlora.data.report import DatasetReport, LengthStats, validate_dataset
+from gemlora.data.split import Split, is_eval, split_examples
+from gemlora.data.tokens import (
     OverlongPolicy,
     TokenCounter,
     apply_length_policy,
     load_token_counter,
     measure_tokens,
 )
-from data.validate import check_messages
+from gemlora.data.validate import check_messages
 
 __all__ = [
     "FORMATS",

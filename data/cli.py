@@ -13,9 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from data.example import DatasetError, Problem
-from data.formats.common import DatasetFormat
-from data.tokens import OverlongPolicy
+from gemlora.data.example import DatasetError, Problem
+from gemlora.data.formats.common import DatasetFormat
+from gemlora.data.tokens import OverlongPolicy
 
 app = typer.Typer(no_args_is_help=True)
 console = Console(highlight=False)
@@ -62,7 +62,7 @@ def validate(
 
     Exits 1 when there is any error.
     """
-    from data.report import validate_dataset
+    from gemlora.data.report import validate_dataset
 
     options = _read_options(max_images, allow_remote, strict)
     try:
@@ -99,8 +99,8 @@ def preview(
     The base's chat template is rendered and tokenized by its processor, images expanded to
     their tokens, and the token ids decoded back to text.
     """
-    from data.reader import read_dataset
-    from data.tokens import load_token_counter
+    from gemlora.data.reader import read_dataset
+    from gemlora.data.tokens import load_token_counter
 
     try:
         read = read_dataset(
@@ -142,14 +142,14 @@ def split(
     The files are written next to FILE, so relative image paths keep working; invalid records
     go to neither. Appending records never moves an existing one to the other side.
     """
-    from data.reader import read_dataset
-    from data.records import is_json_lines
-    from data.split import split_examples
+    from gemlora.data.reader import read_dataset
+    from gemlora.data.records import is_json_lines
+    from gemlora.data.split import split_examples
 
     if not is_json_lines(file):
         raise typer.BadParameter(
-            "split copies lines: give a JSON Lines file (from Python, `data.split_examples` "
-            "splits any format)",
+            "split copies lines: give a JSON Lines file (from Python, "
+            "`gemlora.data.split_examples` splits any format)",
             param_hint="FILE",
         )
     try:
@@ -170,7 +170,7 @@ def samples(
     out: Annotated[Path | None, typer.Option(help="Directory to write into.")] = None,
 ) -> None:
     """Write the sample datasets (shapes-vqa, style-chat); the same bytes every run."""
-    from data.sample_sets import SAMPLES_DIR, write_samples
+    from gemlora.data.sample_sets import SAMPLES_DIR, write_samples
 
     target = out or SAMPLES_DIR
     for name, counts in write_samples(target).items():
@@ -178,8 +178,8 @@ def samples(
 
 
 def _read_options(max_images: int, allow_remote: bool, strict: bool):
-    from data.reader import ReadOptions
-    from data.remote import ImageFetcher
+    from gemlora.data.reader import ReadOptions
+    from gemlora.data.remote import ImageFetcher
 
     fetcher = ImageFetcher() if allow_remote else None
     return ReadOptions(max_images=max_images, fetcher=fetcher, strict=strict)

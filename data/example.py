@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
-    from data.images import LoadedImage
+    from gemlora.data.images import LoadedImage
 
 Role = Literal["system", "user", "assistant"]
 Severity = Literal["error", "warning"]

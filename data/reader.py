@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data.example import (
+from gemlora.data.example import (
     DatasetError,
     Example,
     HasProblems,
@@ -22,11 +22,11 @@ from data.example import (
     Source,
     dataset_digest,
 )
-from data.formats import CONVERTERS, DatasetFormat, Draft, RecordError, classify
-from data.images import ImageError, ImageLimits, ImageLoader
-from data.records import MB, Record, iter_records
-from data.remote import ImageFetcher
-from data.validate import check_messages
+from gemlora.data.formats import CONVERTERS, DatasetFormat, Draft, RecordError, classify
+from gemlora.data.images import ImageError, ImageLimits, ImageLoader
+from gemlora.data.records import MB, Record, iter_records
+from gemlora.data.remote import ImageFetcher
+from gemlora.data.validate import check_messages
 
 DETECTION_RECORDS = 50  # records looked at to tell the format
 Converter = Callable[[dict], Draft]

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.example import DatasetError, Problem, Source
-from data.formats.common import type_name
+from gemlora.data.example import DatasetError, Problem, Source
+from gemlora.data.formats.common import type_name
 
 MB = 1_000_000
 ARROW_BATCH = 64

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from data.images import ImageError, ImageLimits, LoadedImage, decode_image, sniff_format
+from gemlora.data.images import ImageError, ImageLimits, LoadedImage, decode_image, sniff_format
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -11,10 +11,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.example import DatasetError, Example, HasProblems, Problem
-from data.formats import DatasetFormat
-from data.reader import ReadOptions, ReadResult, read_dataset
-from data.tokens import (
+from gemlora.data.example import DatasetError, Example, HasProblems, Problem
+from gemlora.data.formats import DatasetFormat
+from gemlora.data.reader import ReadOptions, ReadResult, read_dataset
+from gemlora.data.tokens import (
     OverlongPolicy,
     TokenCounter,
     apply_length_policy,

@@ -5,8 +5,8 @@
 - `style-chat`: text-only questions whose every answer starts with "Ahoy!" and ends with
   "— Captain Gem": a style a base model does not have, so an adapter that learned it shows.
 
-Each set has `train.jsonl` and a held-out `eval.jsonl`, split by `data.split` on content.
-Run `gemlora data samples` (or `python -m data.sample_sets`).
+Each set has `train.jsonl` and a held-out `eval.jsonl`, split by `gemlora.data.split` on content.
+Run `gemlora data samples` (or `python -m gemlora.data.sample_sets`).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.example import Example, ImagePart, Message, TextPart
-from data.formats.openai import openai_record
-from data.images import ImageLimits, decode_image
-from data.split import split_examples
+from gemlora.data.example import Example, ImagePart, Message, TextPart
+from gemlora.data.formats.openai import openai_record
+from gemlora.data.images import ImageLimits, decode_image
+from gemlora.data.split import split_examples
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 SEED = 0

@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from data.example import Example
+from gemlora.data.example import Example
 
 
 class Split(NamedTuple):

@@ -12,8 +12,8 @@ import functools
 from collections.abc import Sequence
 from typing import Literal
 
-from data.example import IN_MEMORY, DatasetError, Example, Problem
 from gemlora.bases import resolve_base
+from gemlora.data.example import IN_MEMORY, DatasetError, Example, Problem
 
 OverlongPolicy = Literal["drop", "refuse"]
 

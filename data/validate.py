@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from data.example import ImagePart, Issue, Message, TextPart
+from gemlora.data.example import ImagePart, Issue, Message, TextPart
 
 # Text containing these would be read as chat structure rather than as text.
 CONTROL_TOKENS = (

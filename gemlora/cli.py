@@ -3,12 +3,12 @@ this module only mounts them, so `gemlora --help` stays fast (torch loads on fir
 
 import typer
 
-from adapters.cli import app as adapters_app
-from data.cli import app as data_app
-from serve.cli import app as engine_app
-from serve.gateway.cli import keys_app, serve_command
-from train.bases.cli import app as models_app
-from train.cli import train_command, ui_command
+from gemlora.adapters.cli import app as adapters_app
+from gemlora.data.cli import app as data_app
+from gemlora.serve.cli import app as engine_app
+from gemlora.serve.gateway.cli import keys_app, serve_command
+from gemlora.train.bases.cli import app as models_app
+from gemlora.train.cli import train_command, ui_command
 
 app = typer.Typer(
     name="gemlora",

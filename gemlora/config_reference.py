@@ -26,9 +26,9 @@ END = "<!-- config-reference: end -->"
 
 def _configs() -> list[tuple[str, type[BaseModel]]]:
     from gemlora.bases import BaseSpec
-    from serve.config import ServeConfig
-    from serve.gateway.auth import KeysFile
-    from train.config import TrainConfig
+    from gemlora.serve.config import ServeConfig
+    from gemlora.serve.gateway.auth import KeysFile
+    from gemlora.train.config import TrainConfig
 
     return [
         ("Training config (`gemlora train`, `configs/train/*.yaml`)", TrainConfig),

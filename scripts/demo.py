@@ -25,8 +25,8 @@ from rich.console import Console
 from rich.table import Table
 
 from gemlora.paths import REPO_ROOT, gemlora_home
-from serve.config import load_serve_config
-from train.bases import build_model
+from gemlora.serve.config import load_serve_config
+from gemlora.train.bases import build_model
 
 CONFIG = REPO_ROOT / "configs/serve/demo.yaml"
 STYLE = REPO_ROOT / "data/samples/style-chat"

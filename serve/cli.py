@@ -76,8 +76,8 @@ def start(
 ) -> None:
     """Start vLLM's OpenAI server on 127.0.0.1 for the config's base, routing adapter names
     through the config's registry; returns once it is healthy (1-3 minutes on CPU)."""
-    from serve.config import load_serve_config
-    from serve.engine import start_engine
+    from gemlora.serve.config import load_serve_config
+    from gemlora.serve.engine import start_engine
 
     try:
         config = load_serve_config(config_path, overrides or [])
@@ -125,7 +125,7 @@ def stop(
     ] = None,
 ) -> None:
     """Stop a background engine (SIGTERM, then SIGKILL after 30 s)."""
-    from serve.engine import stop_process_group
+    from gemlora.serve.engine import stop_process_group
 
     records = [r for r in read_records() if port is None or r.port == port]
     if not records:
@@ -140,7 +140,7 @@ def stop(
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Show every recorded engine: base, URL, process and health."""
-    from serve.engine import is_healthy
+    from gemlora.serve.engine import is_healthy
 
     rows = []
     for record in read_records():

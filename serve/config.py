@@ -11,11 +11,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapters import RegistryConfig
+from gemlora.adapters import RegistryConfig
 from gemlora.config import load_yaml_config
-from serve.engine import EngineConfig
-from serve.gateway.config import GatewayConfig
-from serve.jobs.config import JobsConfig
+from gemlora.serve.engine import EngineConfig
+from gemlora.serve.gateway.config import GatewayConfig
+from gemlora.serve.jobs.config import JobsConfig
 
 
 class ServeConfig(BaseModel):

@@ -21,10 +21,10 @@ from typing import Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapters import RegistryConfig
+from gemlora.adapters import RegistryConfig
 from gemlora.bases import BaseSpec, resolve_base
 from gemlora.paths import gemlora_home
-from serve.lora_routing import MIDDLEWARE, ROUTING_ENV, RoutingConfig
+from gemlora.serve.lora_routing import MIDDLEWARE, ROUTING_ENV, RoutingConfig
 
 NO_MEDIA_DOMAIN = "gemlora.invalid"
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -189,7 +189,7 @@ def start_engine(
     wait: bool = True,
 ) -> Engine:
     """Start vLLM on `config.base`; with `registry`, request model names that are not the base
-    are adapter references resolved through it (see `serve.lora_routing`)."""
+    are adapter references resolved through it (see `gemlora.serve.lora_routing`)."""
     spec = resolve_base(config.base)
     log_path = log_path or gemlora_home() / "logs" / f"engine-{config.port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)

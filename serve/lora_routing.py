@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
 
-from adapters import (
+from gemlora.adapters import (
     AdapterError,
     AdapterNotFoundError,
     AdapterRegistry,
@@ -37,13 +37,13 @@ from adapters import (
     RegistryUnavailableError,
     ResolvedAdapter,
 )
-from serve.errors import error_body
+from gemlora.serve.errors import error_body
 
 logger = logging.getLogger("gemlora.routing")
 
 ROUTING_ENV = "GEMLORA_ROUTING"
 ROUTED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
-MIDDLEWARE = "serve.lora_routing.AdapterRoutingMiddleware"
+MIDDLEWARE = "gemlora.serve.lora_routing.AdapterRoutingMiddleware"
 
 
 class RoutingConfig(BaseModel):

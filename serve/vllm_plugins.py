@@ -30,21 +30,21 @@ def install_cpu_image_processor_hook() -> None:
 
 def install_cpu_wna16_fallback() -> None:
     """Serve compressed-tensors W4A16 bases on CPUs whose vLLM build lacks the W4A16 kernel
-    (AVX2-only machines); see `serve.cpu_wna16`."""
+    (AVX2-only machines); see `gemlora.serve.cpu_wna16`."""
     if importlib.util.find_spec("vllm") is None:
         return
-    from serve.cpu_wna16 import register_if_missing
+    from gemlora.serve.cpu_wna16 import register_if_missing
 
     register_if_missing()
 
 
 def install_lora_resolver() -> None:
     """Route request model names to registry adapters when the launcher configured a registry
-    (see `serve.lora_routing`)."""
+    (see `gemlora.serve.lora_routing`)."""
     import os
 
     if not os.environ.get("GEMLORA_ROUTING") or importlib.util.find_spec("vllm") is None:
         return
-    from serve.lora_routing import register_resolver
+    from gemlora.serve.lora_routing import register_resolver
 
     register_resolver()

@@ -26,7 +26,7 @@ def free_port() -> int:
 def built_models() -> dict[str, Path]:
     """Every local base, built if missing (the quantized one with GPTQ, as `make models` does:
     ~9 minutes on 2 cores, once per machine)."""
-    from train.bases import build_model
+    from gemlora.train.bases import build_model
 
     return {name: build_model(name).path for name in LOCAL_BASES}
 
@@ -45,7 +45,7 @@ class EnginePool:
         self.engines: dict[str, object] = {}
 
     def get(self, base: str):
-        from serve.engine import EngineConfig, start_engine
+        from gemlora.serve.engine import EngineConfig, start_engine
 
         if base not in self.engines:
             config = EngineConfig(base=base, port=free_port(), max_num_seqs=8)
@@ -78,7 +78,7 @@ def _quiet_hub() -> None:
 def mlflow_server(tmp_path_factory) -> Iterator:
     """A real MLflow tracking server (SQLite registry, proxied artifacts) on a free loopback port,
     shared by the session."""
-    from adapters.mlflow_server import start_mlflow_server
+    from gemlora.adapters.mlflow_server import start_mlflow_server
 
     server = start_mlflow_server(tmp_path_factory.mktemp("mlflow-home"), port=free_port())
     try:
@@ -90,7 +90,7 @@ def mlflow_server(tmp_path_factory) -> Iterator:
 @pytest.fixture(scope="session")
 def engine_registry(mlflow_server, tmp_path_factory):
     """The `RegistryConfig` the session's engines resolve adapter names with (own cache)."""
-    from adapters import RegistryConfig
+    from gemlora.adapters import RegistryConfig
 
     return RegistryConfig(
         tracking_uri=mlflow_server.url,
@@ -117,7 +117,7 @@ def loopback_only(monkeypatch) -> None:
 @pytest.fixture(scope="session")
 def samples(tmp_path_factory) -> Path:
     """`gemlora data samples` output: shapes-vqa/ and style-chat/, train.jsonl and eval.jsonl."""
-    from data.sample_sets import write_samples
+    from gemlora.data.sample_sets import write_samples
 
     out = tmp_path_factory.mktemp("samples")
     write_samples(out)

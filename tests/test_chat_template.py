@@ -3,7 +3,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from train.bases import GEMMA3_CHAT_TEMPLATE
+from gemlora.train.bases import GEMMA3_CHAT_TEMPLATE
 
 
 @pytest.fixture(scope="module")

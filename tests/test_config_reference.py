@@ -4,8 +4,8 @@ field the loaders accept, and the test fails when a config changed and the READM
 from __future__ import annotations
 
 from gemlora.config_reference import README, readme_with_reference, reference
-from serve.config import ServeConfig
-from train.config import TrainConfig
+from gemlora.serve.config import ServeConfig
+from gemlora.train.config import TrainConfig
 
 
 def test_the_readme_reference_is_current():

@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from gemlora.bases import load_catalogue, resolve_base
-from train.bases import build_model, chat_template_hash
+from gemlora.train.bases import build_model, chat_template_hash
 
 PRODUCTION_BASES = {
     "gemma-3-27b-it-int4": "ISTA-DASLab/gemma-3-27b-it-GPTQ-4b-128g",

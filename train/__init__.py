@@ -9,9 +9,9 @@ MLflow Model Registry through `adapters`.
 Light to import: torch, transformers, TRL, PEFT and MLflow load on first use.
 """
 
-from train.collator import Gemma3ChatCollator
-from train.config import ConfigError, TrainConfig, load_config, parse_config
-from train.run import RunDirError, TrainingCancelled, TrainResult, run_training
+from gemlora.train.collator import Gemma3ChatCollator
+from gemlora.train.config import ConfigError, TrainConfig, load_config, parse_config
+from gemlora.train.run import RunDirError, TrainingCancelled, TrainResult, run_training
 
 __all__ = [
     "ConfigError",

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from adapters.registry import DEFAULT_TRACKING_URI
+from gemlora.adapters.registry import DEFAULT_TRACKING_URI
 
 # 128 + SIGTERM, what a shell reports for a process SIGTERM ended.
 EXIT_CANCELLED = 143
@@ -50,8 +50,8 @@ def train_command(
     configs/train/. Progress goes to the terminal and to progress.jsonl in the run directory.
     SIGTERM or Ctrl-C stops the run (exit 143) and registers nothing.
     """
-    from data import DatasetError
-    from train.config import ConfigError, load_config
+    from gemlora.data import DatasetError
+    from gemlora.train.config import ConfigError, load_config
 
     try:
         config = load_config(config_path, overrides or [])
@@ -62,8 +62,8 @@ def train_command(
     if check:
         typer.echo(json.dumps({"config": config.model_dump(mode="json")}))
         return
-    from adapters import AdapterError
-    from train.run import RunDirError, TrainingCancelled, run_training
+    from gemlora.adapters import AdapterError
+    from gemlora.train.run import RunDirError, TrainingCancelled, run_training
 
     try:
         result = run_training(config, resume=resume)
@@ -99,7 +99,7 @@ def ui_command(
     Runs and the adapter registry go to SQLite, artifacts to files, all under
     $GEMLORA_HOME/mlflow. `gemlora train` logs to it by default.
     """
-    from adapters import start_mlflow_server
+    from gemlora.adapters import start_mlflow_server
     from gemlora.paths import gemlora_home
     from gemlora.signals import sigterm_as_ctrl_c
 

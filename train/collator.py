@@ -8,7 +8,7 @@ turns with weight 0, and on the image tokens `<start_of_image>`, `<image_soft_to
 `<end_of_image>`. A multimodal processor also returns `token_type_ids` (1 on image tokens: Gemma 3
 attends bidirectionally within an image) and, for batches with images, `pixel_values`.
 
-Rows are TRL's conversational format plus each message's weight (see `train.dataset`):
+Rows are TRL's conversational format plus each message's weight (see `gemlora.train.dataset`):
 
     {"messages": [{"role": "user", "weight": 0,
                    "content": [{"type": "image", "index": 0}, {"type": "text", "text": "..."}]},

@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from adapters.refs import validate_alias, validate_name
+from gemlora.adapters.refs import validate_alias, validate_name
 from gemlora.bases import load_catalogue
 from gemlora.config import ConfigError as ConfigError  # re-exported: train.ConfigError
 from gemlora.config import apply_override, read_yaml_mapping, validate
@@ -263,7 +263,7 @@ class OutputSection(Section):
     @field_validator("tracking_uri")
     @classmethod
     def _server_or_database(cls, uri: str | None) -> str | None:
-        from adapters import RegistryConfig
+        from gemlora.adapters import RegistryConfig
 
         if uri is not None:
             try:
@@ -273,7 +273,7 @@ class OutputSection(Section):
         return uri
 
     def resolved_tracking_uri(self) -> str:
-        from adapters.registry import DEFAULT_TRACKING_URI
+        from gemlora.adapters.registry import DEFAULT_TRACKING_URI
 
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 

@@ -8,7 +8,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from data import (
+from gemlora.data import (
     DatasetError,
     DatasetReport,
     Example,
@@ -22,7 +22,7 @@ from data import (
     split_examples,
     validate_dataset,
 )
-from train.config import DataSection
+from gemlora.train.config import DataSection
 
 # MLflow stores a dataset digest in 36 characters; the full sha256 goes into the adapter's
 # metadata and the run's tags.
@@ -90,7 +90,7 @@ def load_training_data(settings: DataSection, base: str) -> TrainingData:
 
 def to_hf_dataset(examples: list[Example], multimodal: bool):
     """The examples as a Hugging Face dataset of rows the collator takes (see
-    `train.collator`). Images keep their original bytes and decode when a row is read."""
+    `gemlora.train.collator`). Images keep their original bytes and decode when a row is read."""
     from datasets import Dataset, Features, Image, List, Value
 
     part = {"type": Value("string"), "text": Value("string"), "index": Value("int32")}

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from train.collator import chat_messages, message_text
+from gemlora.train.collator import chat_messages, message_text
 
 
 @dataclass
@@ -64,7 +64,7 @@ def generation_eval(
     max_new_tokens: int,
     on_example: Callable[[int], None] = lambda done: None,
 ) -> GenerationEval:
-    """Answer every row's prompt (see `train.collator`) with the base (adapter disabled) and
+    """Answer every row's prompt (see `gemlora.train.collator`) with the base (adapter disabled) and
     the adapter."""
     import torch
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gemlora.bases import BaseSpec
-from train.config import BaseSection, ConfigError, LoraSection
+from gemlora.train.config import BaseSection, ConfigError, LoraSection
 
 # The language model's layers (`model.layers.N...` in Gemma3ForCausalLM,
 # `model.language_model.layers.N...` in Gemma3ForConditionalGeneration), never the vision tower.

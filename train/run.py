@@ -7,7 +7,7 @@
 Everything a run writes goes to its run directory:
 
     run.json          MLflow run id and resolved config: what `--resume` continues
-    progress.jsonl    events for programs (see `train.tracking`)
+    progress.jsonl    events for programs (see `gemlora.train.tracking`)
     config.yaml       the resolved config (also an MLflow artifact)
     data-report.json  the data validation report (also an MLflow artifact)
     checkpoints/      Trainer checkpoints
@@ -42,8 +42,8 @@ from gemlora.rundir import (
     last_checkpoint,
     read_state,
 )
-from train.config import ConfigError, TrainConfig, parse_config
-from train.dataset import TrainingData, load_training_data
+from gemlora.train.config import ConfigError, TrainConfig, parse_config
+from gemlora.train.dataset import TrainingData, load_training_data
 
 
 class TrainingCancelled(BaseException):
@@ -108,7 +108,7 @@ def _run(
     progress,
     finish: Callable[[], None],
 ) -> TrainResult:
-    from train.tracking import check_reachable
+    from gemlora.train.tracking import check_reachable
 
     spec = resolve_base(config.base.model)
     tracking_uri = config.output.resolved_tracking_uri()
@@ -255,7 +255,7 @@ def _changed_fields(before: TrainConfig, now: TrainConfig) -> list[str]:
 
 
 def _progress_log(run_dir: Path):
-    from train.tracking import ProgressLog
+    from gemlora.train.tracking import ProgressLog
 
     return ProgressLog(run_dir / PROGRESS_FILE)
 
@@ -298,13 +298,13 @@ def _start_mlflow_run(
 ) -> str:
     """Start the run (or reopen the one `run.json` names) with system metrics on; a new run
     gets its tags, params, dataset inputs and the config and data report as artifacts."""
-    from adapters.mlflow_client import quiet_mlflow_env
+    from gemlora.adapters.mlflow_client import quiet_mlflow_env
 
     quiet_mlflow_env()
     import mlflow
 
-    from train.dataset import write_report
-    from train.tracking import run_tags
+    from gemlora.train.dataset import write_report
+    from gemlora.train.tracking import run_tags
 
     mlflow.set_tracking_uri(config.output.resolved_tracking_uri())
     mlflow.set_system_metrics_sampling_interval(config.output.system_metrics_interval_s)
@@ -331,7 +331,7 @@ def _start_mlflow_run(
 def _log_datasets(config: TrainConfig, data: TrainingData) -> None:
     import mlflow
 
-    from train.dataset import mlflow_dataset
+    from gemlora.train.dataset import mlflow_dataset
 
     train_file, eval_file = config.data.train_file, config.data.eval_file
     mlflow.log_input(mlflow_dataset(data.train, train_file, _dataset_name(train_file)), "training")
@@ -350,7 +350,7 @@ def _dataset_name(path: Path) -> str:
 
 
 def _resolved_params(config: TrainConfig, data: TrainingData, spec: BaseSpec) -> dict[str, str]:
-    from train.model import resolve_dtype, target_modules
+    from gemlora.train.model import resolve_dtype, target_modules
 
     return {
         "resolved.base_location": spec.location,
@@ -366,7 +366,7 @@ def _resolved_params(config: TrainConfig, data: TrainingData, spec: BaseSpec) ->
 
 
 def _load(config: TrainConfig, spec: BaseSpec):
-    from train.model import load_base
+    from gemlora.train.model import load_base
 
     return load_base(config.base, spec)
 
@@ -377,10 +377,10 @@ def _trainer(config: TrainConfig, loaded, data: TrainingData, run_dir: Path, pro
     import torch
     from trl import SFTConfig, SFTTrainer
 
-    from train.collator import Gemma3ChatCollator
-    from train.dataset import to_hf_dataset
-    from train.model import lora_config, resolve_dtype
-    from train.tracking import MlflowProgressCallback
+    from gemlora.train.collator import Gemma3ChatCollator
+    from gemlora.train.dataset import to_hf_dataset
+    from gemlora.train.model import lora_config, resolve_dtype
+    from gemlora.train.tracking import MlflowProgressCallback
 
     training = config.training
     evaluate_during = bool(data.eval) and training.eval_steps is not None
@@ -438,7 +438,7 @@ def _evaluate(config: TrainConfig, trainer, loaded, data: TrainingData, progress
     import mlflow
     from tqdm.auto import tqdm
 
-    from train.evaluate import generation_eval
+    from gemlora.train.evaluate import generation_eval
 
     scores: dict[str, float] = {}
     if not data.eval:
@@ -489,7 +489,7 @@ def _check_promotion_possible(config: TrainConfig, data: TrainingData) -> None:
 
 
 def _registry(tracking_uri: str):
-    from adapters import AdapterRegistry, RegistryConfig
+    from gemlora.adapters import AdapterRegistry, RegistryConfig
 
     return AdapterRegistry(RegistryConfig(tracking_uri=tracking_uri))
 
@@ -500,8 +500,8 @@ def _register(
     """Register the adapter as a new version linked to the run and point the alias at it."""
     import mlflow
 
-    from adapters import AdapterMetadata
-    from train.bases import chat_template_hash
+    from gemlora.adapters import AdapterMetadata
+    from gemlora.train.bases import chat_template_hash
 
     quantization = config.base.quantization
     metadata = AdapterMetadata(

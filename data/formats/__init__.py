@@ -2,8 +2,8 @@
 
 from collections.abc import Callable
 
-from data.formats import hf, openai, sharegpt
-from data.formats.common import FORMATS, DatasetFormat, Draft, RecordError
+from gemlora.data.formats import hf, openai, sharegpt
+from gemlora.data.formats.common import FORMATS, DatasetFormat, Draft, RecordError
 
 CONVERTERS: dict[DatasetFormat, Callable[[dict], Draft]] = {
     "openai": openai.convert,

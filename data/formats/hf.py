@@ -9,8 +9,8 @@ URLs). Arrow gives every struct the union of all keys, so keys whose value is nu
 
 from __future__ import annotations
 
-from data.example import Part, Role
-from data.formats.common import (
+from gemlora.data.example import Part, Role
+from gemlora.data.formats.common import (
     MISSING,
     Draft,
     RecordError,
@@ -22,7 +22,7 @@ from data.formats.common import (
     text_parts,
     type_name,
 )
-from data.images import ImageRef
+from gemlora.data.images import ImageRef
 
 ROLES: tuple[Role, ...] = ("system", "user", "assistant")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from data.example import Example, ImagePart, Part, Role
-from data.formats.common import (
+from gemlora.data.example import Example, ImagePart, Part, Role
+from gemlora.data.formats.common import (
     MISSING,
     Draft,
     RecordError,
@@ -21,7 +21,7 @@ from data.formats.common import (
     require_str,
     text_parts,
 )
-from data.images import ImageRef
+from gemlora.data.images import ImageRef
 
 ROLES: dict[str, Role] = {
     "system": "system",

@@ -8,8 +8,8 @@ string becomes the system message.
 
 from __future__ import annotations
 
-from data.example import Part, Role
-from data.formats.common import (
+from gemlora.data.example import Part, Role
+from gemlora.data.formats.common import (
     MISSING,
     Draft,
     RecordError,
@@ -19,8 +19,8 @@ from data.formats.common import (
     require_str,
     text_parts,
 )
-from data.images import ImageRef
-from data.validate import MessageFields
+from gemlora.data.images import ImageRef
+from gemlora.data.validate import MessageFields
 
 PLACEHOLDER = "<image>"
 ROLES: dict[str, Role] = {

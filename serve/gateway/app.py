@@ -23,7 +23,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import aiohttp
 import httpx
@@ -34,20 +33,18 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from adapters import AdapterRegistry
-from data.remote import Resolver
-from serve.errors import error_body
-from serve.gateway.auth import ApiKey, Authenticator, load_keys
-from serve.gateway.config import GatewayConfig
-from serve.gateway.errors import GatewayError, validation_error
-from serve.gateway.images import ImageConverter
-from serve.gateway.metrics import GatewayMetrics
-from serve.gateway.models import ModelCatalog
-from serve.gateway.schema import ChatCompletionRequest, StreamOptions
-from serve.gateway.upstream import EngineClient, UpstreamStream
-
-if TYPE_CHECKING:
-    from serve.jobs import JobsConfig
+from gemlora.adapters import AdapterRegistry
+from gemlora.data.remote import Resolver
+from gemlora.serve.errors import error_body
+from gemlora.serve.gateway.auth import ApiKey, Authenticator, load_keys
+from gemlora.serve.gateway.config import GatewayConfig
+from gemlora.serve.gateway.errors import GatewayError, validation_error
+from gemlora.serve.gateway.images import ImageConverter
+from gemlora.serve.gateway.metrics import GatewayMetrics
+from gemlora.serve.gateway.models import ModelCatalog
+from gemlora.serve.gateway.schema import ChatCompletionRequest, StreamOptions
+from gemlora.serve.gateway.upstream import EngineClient, UpstreamStream
+from gemlora.serve.jobs import JobsConfig, JobsContext, mount_jobs
 
 logger = logging.getLogger("gemlora.gateway")
 access_log = logging.getLogger("gemlora.gateway.access")
@@ -116,9 +113,10 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     if settings.jobs is not None:
         # Fine-tuning from the API (serve/jobs): its routes, and its job runner, which starts
         # and stops with the app.
-        from serve.jobs import mount_jobs
-
-        mount_jobs(app, gateway, settings.jobs)
+        context = JobsContext(
+            gateway.auth, settings.registry, settings.base, gateway.images.fetcher
+        )
+        mount_jobs(app, context, settings.jobs)
     return app
 
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from serve.gateway.config import KEYS_ENV
-from serve.gateway.errors import GatewayError, field_path
+from gemlora.serve.gateway.config import KEYS_ENV
+from gemlora.serve.gateway.errors import GatewayError, field_path
 
 KEY_PREFIX = "gl-"
 

@@ -35,8 +35,8 @@ def serve_command(
     Starts MLflow if the registry is a local server that is not running, then the vLLM engine
     (1-3 minutes on CPU), then the gateway; Ctrl-C or SIGTERM stops all of them."""
     from gemlora.config import ConfigError
+    from gemlora.serve.config import load_serve_config
     from gemlora.signals import sigterm_as_ctrl_c
-    from serve.config import load_serve_config
 
     overrides = list(overrides or [])
     if no_auth:
@@ -63,7 +63,7 @@ def serve_command(
 
 
 def _start_mlflow_if_local(registry, running: contextlib.ExitStack) -> None:
-    from adapters import start_mlflow_server
+    from gemlora.adapters import start_mlflow_server
     from gemlora.paths import gemlora_home
 
     if registry is None:
@@ -82,7 +82,7 @@ def _start_mlflow_if_local(registry, running: contextlib.ExitStack) -> None:
 
 def _start_engine(config, running: contextlib.ExitStack):
     from gemlora.paths import gemlora_home
-    from serve.engine import start_engine
+    from gemlora.serve.engine import start_engine
 
     log = gemlora_home() / "logs" / f"engine-{config.engine.port}.log"
     engine = start_engine(config.engine, log, registry=config.registry, wait=False)
@@ -94,8 +94,8 @@ def _start_engine(config, running: contextlib.ExitStack):
 
 
 def _run_gateway(config, engine) -> None:
-    from adapters import AdapterRegistry
-    from serve.gateway import GatewaySettings, run_gateway
+    from gemlora.adapters import AdapterRegistry
+    from gemlora.serve.gateway import GatewaySettings, run_gateway
 
     gateway = config.gateway
     registry = AdapterRegistry(config.registry) if config.registry else None
@@ -136,7 +136,7 @@ def new_key_command(
     ] = None,
 ) -> None:
     """Create an API key: its sha256 goes into the keys file, the key is printed once."""
-    from serve.gateway.auth import ApiKey, hash_key, keys_document, new_key, parse_keys
+    from gemlora.serve.gateway.auth import ApiKey, hash_key, keys_document, new_key, parse_keys
 
     try:
         existing = parse_keys(keys_file.read_text(), str(keys_file)) if keys_file.exists() else []

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from data.remote import FetchPolicy
+from gemlora.data.remote import FetchPolicy
 
 KEYS_ENV = "GEMLORA_API_KEYS"
 

@@ -1,4 +1,4 @@
-"""Errors the gateway answers itself, in the OpenAI shape `serve.errors` defines, and how a
+"""Errors the gateway answers itself, in the OpenAI shape `gemlora.serve.errors` defines, and how a
 pydantic validation error becomes one that names the offending field (`messages[0].role`)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from serve.errors import error_body
+from gemlora.serve.errors import error_body
 
 
 class GatewayError(Exception):

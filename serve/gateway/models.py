@@ -8,8 +8,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-from adapters import AdapterError, AdapterRegistry
-from adapters.compat import lookup_base
+from gemlora.adapters import AdapterError, AdapterRegistry
+from gemlora.adapters.compat import lookup_base
 
 logger = logging.getLogger("gemlora.gateway")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from serve.gateway.errors import GatewayError
+from gemlora.serve.gateway.errors import GatewayError
 
 
 @dataclass

@@ -11,10 +11,10 @@ registered under the job's `fine_tuned_model` name). A SQLite store keeps files,
 events across gateway restarts. Enabled by `GatewaySettings(jobs=JobsConfig(...))`.
 """
 
-from serve.jobs.api import JobsApi, mount_jobs
-from serve.jobs.config import JobsConfig
-from serve.jobs.runner import JobRunner, StoreInUse
-from serve.jobs.store import FileRecord, JobRecord, JobStore
+from gemlora.serve.jobs.api import JobsApi, JobsContext, mount_jobs
+from gemlora.serve.jobs.config import JobsConfig
+from gemlora.serve.jobs.runner import JobRunner, StoreInUse
+from gemlora.serve.jobs.store import FileRecord, JobRecord, JobStore
 
 __all__ = [
     "FileRecord",
@@ -23,6 +23,7 @@ __all__ = [
     "JobStore",
     "JobsApi",
     "JobsConfig",
+    "JobsContext",
     "StoreInUse",
     "mount_jobs",
 ]

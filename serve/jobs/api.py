@@ -22,8 +22,9 @@ import asyncio
 import contextlib
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -32,20 +33,22 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from gemlora.adapters import AdapterRegistry
 from gemlora.bases import load_catalogue, resolve_base
-from serve.gateway.auth import ApiKey
-from serve.gateway.errors import GatewayError, validation_error
-from serve.jobs.config import JobsConfig
-from serve.jobs.files import UploadRejected, ingest, upload_suffix
-from serve.jobs.progress import checkpoints, read_progress, training_events
-from serve.jobs.runner import (
+from gemlora.data.remote import ImageFetcher
+from gemlora.serve.gateway.auth import ApiKey, Authenticator
+from gemlora.serve.gateway.errors import GatewayError, validation_error
+from gemlora.serve.jobs.config import JobsConfig
+from gemlora.serve.jobs.files import UploadRejected, ingest, upload_suffix
+from gemlora.serve.jobs.progress import checkpoints, read_progress, training_events
+from gemlora.serve.jobs.runner import (
     RUN_DIR,
     TRAIN_CONFIG,
     JobRunner,
     TrainConfigRejected,
     checked_training_config,
 )
-from serve.jobs.schema import (
+from gemlora.serve.jobs.schema import (
     CreateJobRequest,
     TrainSettingsError,
     adapter_name,
@@ -54,18 +57,26 @@ from serve.jobs.schema import (
     settings_error,
     training_document,
 )
-from serve.jobs.store import FileRecord, JobRecord, JobStore, new_id
-
-if TYPE_CHECKING:
-    from serve.gateway.app import Gateway
+from gemlora.serve.jobs.store import FileRecord, JobRecord, JobStore, new_id
 
 PURPOSE = "fine-tune"
 COPY_CHUNK = 1024 * 1024
 
 
-def mount_jobs(app: FastAPI, gateway: Gateway, config: JobsConfig) -> JobsApi:
+@dataclass
+class JobsContext:
+    """What the jobs API takes from the gateway that mounts it: its keys and rate limits, its
+    registry, the base its engine serves, and its image fetcher (the SSRF policy for uploads)."""
+
+    auth: Authenticator
+    registry: AdapterRegistry | None
+    base: str
+    fetcher: ImageFetcher
+
+
+def mount_jobs(app: FastAPI, context: JobsContext, config: JobsConfig) -> JobsApi:
     """Add the endpoints to the gateway's app; the job runner starts and stops with the app."""
-    api = JobsApi(gateway, config)
+    api = JobsApi(context, config)
     app.include_router(api.router)
     app.add_exception_handler(GatewayError, _gateway_error)
     app.state.jobs = api
@@ -77,19 +88,19 @@ async def _gateway_error(_request: Request, error: GatewayError) -> JSONResponse
 
 
 class JobsApi:
-    def __init__(self, gateway: Gateway, config: JobsConfig) -> None:
-        registry = gateway.settings.registry
+    def __init__(self, context: JobsContext, config: JobsConfig) -> None:
+        registry = context.registry
         if registry is None:
             raise ValueError(
                 "fine-tuning jobs register their adapters in the registry: configure one "
                 "(the serve config's registry: section) or turn jobs off"
             )
-        self.gateway = gateway
+        self.context = context
         self.config = config
         self.tracking_uri = registry.config.tracking_uri
         self.store = JobStore(config.store_dir())
         self.runner = JobRunner(self.store, config, self.tracking_uri)
-        self.served_family = _family(gateway.settings.base)
+        self.served_family = _family(context.base)
         self.router = APIRouter(lifespan=self._lifespan, dependencies=[Depends(self.caller)])
         routes = [
             ("/v1/files", self.upload_file, "POST"),
@@ -117,8 +128,8 @@ class JobsApi:
 
     def caller(self, request: Request) -> ApiKey:
         """The gateway's key check and rate limit, as a dependency of every route."""
-        key = self.gateway.auth.authenticate(request.headers.get("authorization"))
-        self.gateway.auth.check_rate(key)
+        key = self.context.auth.authenticate(request.headers.get("authorization"))
+        self.context.auth.check_rate(key)
         request.state.key = key
         return key
 
@@ -153,7 +164,7 @@ class JobsApi:
                     path,
                     filename,
                     self.store.file_path(file_id),
-                    self.gateway.images.fetcher,
+                    self.context.fetcher,
                 )
             except UploadRejected as rejected:
                 raise GatewayError(400, str(rejected), param="file", code="invalid_file") from None

@@ -17,10 +17,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from data import DatasetError, Example, Problem, ReadOptions, Source, validate_dataset
-from data.formats.openai import openai_record as data_openai_record
-from data.images import data_url
-from data.remote import ImageFetcher
+from gemlora.data import DatasetError, Example, Problem, ReadOptions, Source, validate_dataset
+from gemlora.data.formats.openai import openai_record as data_openai_record
+from gemlora.data.images import data_url
+from gemlora.data.remote import ImageFetcher
 
 # The formats `data/` tells apart by content, plus parquet, which it tells by the suffix.
 UPLOAD_SUFFIXES = (".jsonl", ".json", ".parquet")

@@ -1,6 +1,6 @@
 """A job's training progress, read from its run directory: the `progress.jsonl` events that
-`gemlora train` writes (see `train.tracking`), the run state (`run.json`) and the checkpoints,
-turned into what the jobs API reports."""
+`gemlora train` writes (see `gemlora.train.tracking`), the run state (`run.json`) and the
+checkpoints, turned into what the jobs API reports."""
 
 from __future__ import annotations
 

@@ -33,16 +33,16 @@ import httpx
 import yaml
 
 from gemlora.bases import resolve_base
-from serve.gateway.config import KEYS_ENV
-from serve.jobs.config import JobsConfig
-from serve.jobs.progress import (
+from gemlora.serve.gateway.config import KEYS_ENV
+from gemlora.serve.jobs.config import JobsConfig
+from gemlora.serve.jobs.progress import (
     final_event,
     last_step,
     read_progress,
     run_state,
     trained_tokens,
 )
-from serve.jobs.store import JobRecord, JobStore
+from gemlora.serve.jobs.store import JobRecord, JobStore
 
 logger = logging.getLogger("gemlora.jobs")
 

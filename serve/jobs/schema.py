@@ -1,6 +1,6 @@
 """POST /v1/fine_tuning/jobs: the request, and the training config it becomes.
 
-The OpenAI fields map onto a gemlora training config (`train.TrainConfig`, the same one
+The OpenAI fields map onto a gemlora training config (`gemlora.train.TrainConfig`, the same one
 `gemlora train` reads from configs/train/*.yaml):
 
     model                             base.model (a catalogue base of the served family)
@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from adapters.refs import NAME_PATTERN
+from gemlora.adapters.refs import NAME_PATTERN
 
 Auto = Literal["auto"]
 

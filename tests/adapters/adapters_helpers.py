@@ -20,7 +20,7 @@ def free_port() -> int:
 
 
 def make_config(server, cache_dir: Path, **overrides):
-    from adapters import RegistryConfig
+    from gemlora.adapters import RegistryConfig
 
     return RegistryConfig(tracking_uri=server.url, cache_dir=cache_dir, **overrides)
 

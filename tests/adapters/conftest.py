@@ -18,7 +18,7 @@ from adapters_helpers import (
     save_adapter,
 )
 
-from adapters import AdapterRegistry
+from gemlora.adapters import AdapterRegistry
 
 
 @pytest.fixture(autouse=True)

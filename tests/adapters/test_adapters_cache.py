@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters import AdapterCache, AdapterIntegrityError, content_digest
+from gemlora.adapters import AdapterCache, AdapterIntegrityError, content_digest
 
 
 def make_adapter(directory: Path, payload: bytes) -> Path:
@@ -75,7 +75,7 @@ def test_concurrent_threads_download_once(tmp_path, source):
 PROCESS_SCRIPT = """
 import shutil, sys, time
 from pathlib import Path
-from adapters import AdapterCache
+from gemlora.adapters import AdapterCache
 
 root, source, digest, log = sys.argv[1:]
 

@@ -9,7 +9,7 @@ import pytest
 from adapters_helpers import free_port
 from typer.testing import CliRunner
 
-from adapters import content_digest
+from gemlora.adapters import content_digest
 from gemlora.cli import app
 
 # Wide enough that no table cell wraps (the shared server lists every test's adapters).

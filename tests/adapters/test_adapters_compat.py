@@ -7,7 +7,7 @@ import math
 import pytest
 from adapters_helpers import copy_adapter, edit_config, edit_tensors, truncate
 
-from adapters import TrainingBase, check_compatibility
+from gemlora.adapters import TrainingBase, check_compatibility
 from gemlora.bases import load_catalogue, resolve_base
 
 Q_PROJ_A = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from adapters import AdapterMetadata, AdapterRef, InvalidRefError, parse_ref
+from gemlora.adapters import AdapterMetadata, AdapterRef, InvalidRefError, parse_ref
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import pytest
 from adapters_helpers import free_port, make_config
 from pydantic import ValidationError
 
-from adapters import (
+from gemlora.adapters import (
     AdapterError,
     AdapterIntegrityError,
     AdapterMetadata,
@@ -24,7 +24,7 @@ from adapters import (
     content_digest,
     start_mlflow_server,
 )
-from adapters.mlflow_client import make_client
+from gemlora.adapters.mlflow_client import make_client
 
 TEXT_TARGETS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 

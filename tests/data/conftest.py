@@ -120,7 +120,7 @@ def _built(name: str) -> str:
     from gemlora.bases import load_catalogue
 
     if not load_catalogue()[name].is_built():
-        from train.bases import build_model
+        from gemlora.train.bases import build_model
 
         build_model(name)
     return name
@@ -128,21 +128,21 @@ def _built(name: str) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_mm_counter():
-    from data.tokens import load_token_counter
+    from gemlora.data.tokens import load_token_counter
 
     return load_token_counter(_built("tiny-gemma-3-mm"))
 
 
 @pytest.fixture(scope="session")
 def text_counter():
-    from data.tokens import load_token_counter
+    from gemlora.data.tokens import load_token_counter
 
     return load_token_counter(_built("gemma-3-270m"))
 
 
 @pytest.fixture(scope="session")
 def samples_dir(tmp_path_factory) -> Path:
-    from data.sample_sets import write_samples
+    from gemlora.data.sample_sets import write_samples
 
     out = tmp_path_factory.mktemp("samples")
     write_samples(out)

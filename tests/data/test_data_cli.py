@@ -7,8 +7,8 @@ import json
 from data_helpers import png, write_jsonl
 from typer.testing import CliRunner
 
-from data import read_dataset
 from gemlora.cli import app
+from gemlora.data import read_dataset
 
 runner = CliRunner()
 GOOD = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}

@@ -16,7 +16,7 @@ import pytest
 from data_helpers import png, write_jsonl
 from PIL import Image
 
-from data import DatasetError, ImageLimits, ReadOptions, read_dataset
+from gemlora.data import DatasetError, ImageLimits, ReadOptions, read_dataset
 
 GOOD = {
     "messages": [

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from data_helpers import png, write_jsonl
 
-from data import (
+from gemlora.data import (
     DatasetError,
     Example,
     ImagePart,

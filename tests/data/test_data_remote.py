@@ -13,8 +13,8 @@ import time
 import pytest
 from data_helpers import Route, png, write_jsonl
 
-from data import FetchPolicy, ImageFetcher, ImageFetchError, ReadOptions, read_dataset
-from data.images import ImageLimits
+from gemlora.data import FetchPolicy, ImageFetcher, ImageFetchError, ReadOptions, read_dataset
+from gemlora.data.images import ImageLimits
 
 LOCAL = FetchPolicy(allowed_schemes=frozenset({"http", "https"}), allow_loopback=True)
 RED = png("red")
@@ -188,7 +188,7 @@ def test_ip_literals_in_every_form_are_checked_without_resolving(
 
 
 def test_octal_dotted_hosts_are_parsed_too():
-    from data.remote import parse_ip_host
+    from gemlora.data.remote import parse_ip_host
 
     assert str(parse_ip_host("0177.0.0.1")) == "127.0.0.1"
     assert str(parse_ip_host("0300.0250.0.1")) == "192.168.0.1"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data import read_dataset
-from data.sample_sets import COLOURS, SHAPES, write_samples
+from gemlora.data import read_dataset
+from gemlora.data.sample_sets import COLOURS, SHAPES, write_samples
 
 
 def files(directory: Path) -> dict[str, bytes]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from data_helpers import write_jsonl
 
-from data import Example, Message, TextPart, is_eval, read_dataset, split_examples
+from gemlora.data import Example, Message, TextPart, is_eval, read_dataset, split_examples
 
 
 def examples(count: int, start: int = 0) -> list[Example]:

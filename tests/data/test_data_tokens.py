@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from data_helpers import png, write_jsonl
 
-from data import (
+from gemlora.data import (
     DatasetError,
     Example,
     ImagePart,
@@ -18,7 +18,7 @@ from data import (
     measure_tokens,
     validate_dataset,
 )
-from data.images import ImageLimits
+from gemlora.data.images import ImageLimits
 
 IMAGE_SOFT_TOKEN = 262144
 BOS = 2

@@ -21,8 +21,8 @@ from gateway_helpers import (
     save_tiny_adapter,
 )
 
-from data.remote import FetchPolicy
-from serve.gateway import (
+from gemlora.data.remote import FetchPolicy
+from gemlora.serve.gateway import (
     ApiKey,
     GatewayConfig,
     GatewaySettings,
@@ -96,7 +96,7 @@ DNS = {
 
 @pytest.fixture(scope="session")
 def registry(mlflow_server, tmp_path_factory):
-    from adapters import AdapterRegistry, RegistryConfig
+    from gemlora.adapters import AdapterRegistry, RegistryConfig
 
     cache = tmp_path_factory.mktemp("gateway-adapter-cache")
     return AdapterRegistry(RegistryConfig(tracking_uri=mlflow_server.url, cache_dir=cache))
@@ -115,7 +115,7 @@ class Adapters:
 def adapters(registry, built_models, tmp_path_factory) -> Adapters:
     import uuid
 
-    from adapters import AdapterMetadata
+    from gemlora.adapters import AdapterMetadata
 
     out = tmp_path_factory.mktemp("gateway-adapters")
     team_dir = save_tiny_adapter(built_models[BASE], out / "team", seed=11)

@@ -15,7 +15,7 @@ import httpx
 import uvicorn
 from PIL import Image
 
-from serve.gateway import GatewaySettings, create_app
+from gemlora.serve.gateway import GatewaySettings, create_app
 
 BASE = "tiny-gemma-3-mm"
 DEFAULT_MAX_TOKENS = 8  # the test deployment's default, small so that tests run fast

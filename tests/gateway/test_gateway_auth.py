@@ -13,7 +13,7 @@ import pytest
 from gateway_helpers import BASE, GatewayServer, free_port
 from openai import OpenAI
 
-from serve.gateway import ApiKey, GatewayConfig, GatewaySettings, hash_key, load_keys
+from gemlora.serve.gateway import ApiKey, GatewayConfig, GatewaySettings, hash_key, load_keys
 
 HELLO = [{"role": "user", "content": "hi"}]
 
@@ -178,7 +178,7 @@ def test_auth_off_only_on_loopback():
 
 
 def test_auth_on_without_keys_refuses_to_start(monkeypatch):
-    from serve.gateway import create_app
+    from gemlora.serve.gateway import create_app
 
     monkeypatch.delenv("GEMLORA_API_KEYS", raising=False)
     settings = GatewaySettings(GatewayConfig(), engine_url="http://127.0.0.1:1", base=BASE)

@@ -8,9 +8,9 @@ import base64
 import pytest
 from gateway_helpers import png
 
-from serve.gateway import GatewayError, ImagePolicy
-from serve.gateway.images import ImageConverter, split_inline_images
-from serve.gateway.schema import Message
+from gemlora.serve.gateway import GatewayError, ImagePolicy
+from gemlora.serve.gateway.images import ImageConverter, split_inline_images
+from gemlora.serve.gateway.schema import Message
 
 RED = "data:image/png;base64," + base64.b64encode(png("red")).decode()
 

@@ -19,7 +19,7 @@ from gateway_helpers import BASE, free_port
 from openai import OpenAI
 
 from gemlora.paths import models_dir
-from serve.gateway import load_keys
+from gemlora.serve.gateway import load_keys
 
 GEMLORA = [sys.executable, "-m", "gemlora.cli"]
 

@@ -62,7 +62,7 @@ def test_internal_image_url_is_refused_without_connecting(
 
 
 def test_the_default_policy_fetches_public_https_only():
-    from serve.gateway import GatewayConfig
+    from gemlora.serve.gateway import GatewayConfig
 
     policy = GatewayConfig().images.fetch
     assert policy.allowed_schemes == {"https"}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 from jobs_helpers import BASE, GatewayServer, jobs_gateway
 
-from serve.gateway import ApiKey, hash_key, new_key
+from gemlora.serve.gateway import ApiKey, hash_key, new_key
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +41,7 @@ def keys() -> Keys:
 
 @pytest.fixture(scope="session")
 def registry(mlflow_server, tmp_path_factory):
-    from adapters import AdapterRegistry, RegistryConfig
+    from gemlora.adapters import AdapterRegistry, RegistryConfig
 
     cache = tmp_path_factory.mktemp("jobs-adapter-cache")
     return AdapterRegistry(RegistryConfig(tracking_uri=mlflow_server.url, cache_dir=cache))

@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
 
 from gateway_helpers import BASE, GatewayServer, free_port
 
-from serve.gateway import GatewayConfig, GatewaySettings
-from serve.jobs import JobsConfig
+from gemlora.serve.gateway import GatewayConfig, GatewaySettings
+from gemlora.serve.jobs import JobsConfig
 
 __all__ = ["BASE", "GatewayServer", "free_port"]
 
@@ -65,8 +65,8 @@ def client_for(server: GatewayServer, key: str) -> OpenAI:
 def inline_jsonl(path: Path, count: int | None = None) -> bytes:
     """The first `count` examples of a dataset as OpenAI JSONL with its images inline (data
     URLs), as a client uploads a dataset whose images are local files."""
-    from data import read_dataset
-    from serve.jobs.files import openai_record
+    from gemlora.data import read_dataset
+    from gemlora.serve.jobs.files import openai_record
 
     examples = read_dataset(path).examples[:count]
     return "".join(json.dumps(openai_record(e)) + "\n" for e in examples).encode()

@@ -9,10 +9,10 @@ import pytest
 
 from gemlora.config import ConfigError
 from gemlora.paths import CONFIGS_DIR, gemlora_home
-from serve.config import load_serve_config
-from serve.jobs import JobsConfig
-from serve.jobs.runner import TrainConfigRejected, checked_training_config
-from serve.jobs.schema import CreateJobRequest, apply_lr_multiplier, training_document
+from gemlora.serve.config import load_serve_config
+from gemlora.serve.jobs import JobsConfig
+from gemlora.serve.jobs.runner import TrainConfigRejected, checked_training_config
+from gemlora.serve.jobs.schema import CreateJobRequest, apply_lr_multiplier, training_document
 
 
 def test_the_demo_config_serves_the_jobs_api_and_others_do_not():

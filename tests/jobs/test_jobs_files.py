@@ -15,8 +15,8 @@ import pytest
 from gateway_helpers import ImageServer, png, resolver_for
 from jobs_helpers import client_for, free_port, inline_jsonl, jobs_gateway, jsonl
 
-from data.remote import FetchPolicy
-from serve.gateway import GatewayConfig, ImagePolicy
+from gemlora.data.remote import FetchPolicy
+from gemlora.serve.gateway import GatewayConfig, ImagePolicy
 
 DNS = {"images.test": ["127.0.0.1"], "private.test": ["10.1.2.3"]}
 

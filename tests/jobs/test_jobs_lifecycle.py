@@ -19,7 +19,7 @@ from jobs_helpers import (
     wait_for_event,
 )
 
-from adapters import AdapterNotFoundError
+from gemlora.adapters import AdapterNotFoundError
 
 pytestmark = pytest.mark.engine
 

@@ -19,7 +19,7 @@ from jobs_helpers import (
     wait_for_event,
 )
 
-from serve.jobs import JobRunner, JobsConfig, JobStore, StoreInUse
+from gemlora.serve.jobs import JobRunner, JobsConfig, JobStore, StoreInUse
 
 pytestmark = pytest.mark.engine
 

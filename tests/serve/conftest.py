@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from serve_helpers import BASES, REPLY_A, REPLY_B, teach_reply
 
-from adapters import AdapterMetadata, AdapterRegistry
+from gemlora.adapters import AdapterMetadata, AdapterRegistry
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ import pytest
 from serve_helpers import BASES, HELD_OUT, REPLY_A, REPLY_B
 from typer.testing import CliRunner
 
-from adapters import AdapterMetadata
-from adapters.verify import (
+from gemlora.adapters import AdapterMetadata
+from gemlora.adapters.verify import (
     VERIFY_TAG,
     engine_greedy_ids,
     load_reference_model,

@@ -1,5 +1,5 @@
-"""The whole path with no manual step: `train.run_training` registers an adapter in the MLflow
-registry, and the running engine (started before the adapter existed) serves it by name."""
+"""The whole path with no manual step: `gemlora.train.run_training` registers an adapter in the
+MLflow registry, and the running engine (started before the adapter existed) serves it by name."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ BASE = "tiny-gemma-3-mm"
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    from data.sample_sets import write_samples
+    from gemlora.data.sample_sets import write_samples
 
     out = tmp_path_factory.mktemp("samples")
     write_samples(out)
@@ -25,7 +25,7 @@ def shapes(tmp_path_factory):
 def test_an_adapter_registered_by_training_is_served_at_once(
     engines, mlflow_server, shapes, tmp_path
 ):
-    from train import parse_config, run_training
+    from gemlora.train import parse_config, run_training
 
     engine = engines.get(BASE)  # running before the adapter exists
     name = f"trained-{uuid.uuid4().hex[:8]}"
@@ -61,7 +61,7 @@ def test_an_adapter_registered_by_training_is_served_at_once(
 
 
 def registry_version(mlflow_server, name: str, version: int):
-    from adapters import AdapterRegistry, RegistryConfig
+    from gemlora.adapters import AdapterRegistry, RegistryConfig
 
     registry = AdapterRegistry(RegistryConfig(tracking_uri=mlflow_server.url))
     return next(v for v in registry.show(name).versions if v.version == version)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from train_helpers import subset, tiny_document
 
-from train import TrainConfig, parse_config
+from gemlora.train import TrainConfig, parse_config
 
 
 @pytest.fixture(autouse=True)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from train_helpers import example, text, with_image
 
-from train import Gemma3ChatCollator
-from train.collator import IGNORE_INDEX, assistant_spans
-from train.dataset import to_hf_dataset
+from gemlora.train import Gemma3ChatCollator
+from gemlora.train.collator import IGNORE_INDEX, assistant_spans
+from gemlora.train.dataset import to_hf_dataset
 
 END_OF_TURN = 106
 IMAGE_IDS = {255999, 262144, 256000}  # <start_of_image>, <image_soft_token>, <end_of_image>

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from gemlora.cli import app
 from gemlora.paths import CONFIGS_DIR
-from train import ConfigError, TrainConfig, load_config, parse_config
-from train.config import FP16_REFUSED
+from gemlora.train import ConfigError, TrainConfig, load_config, parse_config
+from gemlora.train.config import FP16_REFUSED
 
 EXAMPLE_CONFIGS = sorted((CONFIGS_DIR / "train").glob("*.yaml"))
 MINIMAL = {"data": {"train_file": "train.jsonl"}, "output": {"name": "my-adapter"}}

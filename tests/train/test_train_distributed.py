@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 from train_helpers import free_port, write_config
 
-from adapters import AdapterRegistry, RegistryConfig
+from gemlora.adapters import AdapterRegistry, RegistryConfig
 
 
 def test_two_processes_train_one_run_and_register_one_version(tiny_config, tmp_path):

@@ -1,6 +1,6 @@
 """Scoring of the generation eval: exact and contains match, side by side."""
 
-from train.evaluate import Generation, GenerationEval, contains_match, exact_match
+from gemlora.train.evaluate import Generation, GenerationEval, contains_match, exact_match
 
 
 def test_exact_ignores_case_spacing_and_surrounding_punctuation():

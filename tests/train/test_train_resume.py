@@ -11,8 +11,8 @@ import pytest
 from mlflow import MlflowClient
 from train_helpers import events, log_tail, start_train, wait_for, write_config
 
-from adapters import AdapterNotFoundError, AdapterRegistry, RegistryConfig
-from train.cli import EXIT_CANCELLED
+from gemlora.adapters import AdapterNotFoundError, AdapterRegistry, RegistryConfig
+from gemlora.train.cli import EXIT_CANCELLED
 
 MAX_STEPS = 12
 
@@ -91,7 +91,7 @@ def test_sigterm_stops_promptly_and_registers_nothing(tiny_config, mlflow_server
 
 
 def test_a_new_run_refuses_a_directory_that_holds_one(tiny_config):
-    from train import RunDirError, run_training
+    from gemlora.train import RunDirError, run_training
 
     config = tiny_config()
     config.output.dir.mkdir(parents=True)
@@ -101,8 +101,8 @@ def test_a_new_run_refuses_a_directory_that_holds_one(tiny_config):
 
 
 def test_resume_refuses_a_changed_config(tiny_config):
-    from train import RunDirError, run_training
-    from train.run import new_run_dir
+    from gemlora.train import RunDirError, run_training
+    from gemlora.train.run import new_run_dir
 
     new_run_dir(tiny_config())
     with pytest.raises(RunDirError, match=r"changed: training\.lr"):

@@ -10,16 +10,16 @@ import pytest
 from mlflow import MlflowClient
 from train_helpers import changed, events, lora_tensors, tiny_document, write_jsonl_lines
 
-from adapters import AdapterRegistry, RegistryConfig
-from data import DatasetError, dataset_digest, read_dataset
-from train import run_training
+from gemlora.adapters import AdapterRegistry, RegistryConfig
+from gemlora.data import DatasetError, dataset_digest, read_dataset
+from gemlora.train import run_training
 
 
 @pytest.fixture(scope="module")
 def tiny_run(request, built_models, mlflow_server, shapes, tmp_path_factory):
     """One tiny multimodal run with images, registered and promoted (module-scoped: several
     tests read what it produced)."""
-    from train import parse_config
+    from gemlora.train import parse_config
 
     document = tiny_document(
         shapes,
@@ -178,8 +178,8 @@ def test_nf4_base_has_the_cpu_repack_turned_off(built_models):
     import bitsandbytes as bnb
 
     from gemlora.bases import resolve_base
-    from train.config import BaseSection
-    from train.model import load_base
+    from gemlora.train.config import BaseSection
+    from gemlora.train.model import load_base
 
     settings = BaseSection(model="tiny-gemma-3-mm", quantization="bnb-nf4")
     loaded = load_base(settings, resolve_base("tiny-gemma-3-mm"))
@@ -193,8 +193,8 @@ def test_dequantized_w4a16_base_loads_as_plain_linears(built_models):
     from peft import get_peft_model
 
     from gemlora.bases import resolve_base
-    from train.config import BaseSection, LoraSection
-    from train.model import load_base, lora_config
+    from gemlora.train.config import BaseSection, LoraSection
+    from gemlora.train.model import load_base, lora_config
 
     settings = BaseSection(model="gemma-3-270m-w4a16", quantization="dequantized")
     loaded = load_base(settings, resolve_base("gemma-3-270m-w4a16"))
@@ -224,10 +224,10 @@ def test_int8_base_gets_lora_gradients(built_models, shapes):
     from peft import get_peft_model
 
     from gemlora.bases import resolve_base
-    from train import Gemma3ChatCollator
-    from train.config import BaseSection, LoraSection
-    from train.dataset import to_hf_dataset
-    from train.model import load_base, lora_config
+    from gemlora.train import Gemma3ChatCollator
+    from gemlora.train.config import BaseSection, LoraSection
+    from gemlora.train.dataset import to_hf_dataset
+    from gemlora.train.model import load_base, lora_config
 
     settings = BaseSection(model="tiny-gemma-3-mm", quantization="bnb-int8")
     loaded = load_base(settings, resolve_base("tiny-gemma-3-mm"))
@@ -245,8 +245,8 @@ def test_vision_tower_is_adapted_only_when_asked(built_models, vision):
     from peft import get_peft_model
     from transformers import AutoModelForImageTextToText
 
-    from train.config import LoraSection
-    from train.model import lora_config
+    from gemlora.train.config import LoraSection
+    from gemlora.train.model import lora_config
 
     model = AutoModelForImageTextToText.from_pretrained(built_models["tiny-gemma-3-mm"])
     settings = LoraSection(r=4, train_vision_tower=vision)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from adapters import AdapterRegistry, RegistryConfig
+from gemlora.adapters import AdapterRegistry, RegistryConfig
 from gemlora.paths import CONFIGS_DIR
-from train import load_config, run_training
+from gemlora.train import load_config, run_training
 
 
 def greedy_reply(model, tokenizer, question: str) -> str:

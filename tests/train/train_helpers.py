@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from data import Example, ImageLimits, ImagePart, Message, TextPart, decode_image
+from gemlora.data import Example, ImageLimits, ImagePart, Message, TextPart, decode_image
 
 
 def tiny_document(shapes: tuple[Path, Path], *, name: str, tracking_uri: str, run_dir: Path):
@@ -96,7 +96,7 @@ def changed(before: dict, after: dict) -> int:
 
 
 def events(run_dir: Path) -> list[dict]:
-    from train.tracking import ProgressLog
+    from gemlora.train.tracking import ProgressLog
 
     return ProgressLog(run_dir / "progress.jsonl").read()
 

@@ -1,7 +1,7 @@
 """Local Gemma 3 bases: build, quantize, chat template."""
 
-from train.bases.build import BuildResult, build_model, buildable_models, read_manifest
-from train.bases.chat_template import GEMMA3_CHAT_TEMPLATE, chat_template_hash
+from gemlora.train.bases.build import BuildResult, build_model, buildable_models, read_manifest
+from gemlora.train.bases.chat_template import GEMMA3_CHAT_TEMPLATE, chat_template_hash
 
 __all__ = [
     "GEMMA3_CHAT_TEMPLATE",

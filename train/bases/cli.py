@@ -24,7 +24,7 @@ def build(
     ] = None,
 ) -> None:
     """Build local Gemma 3 bases into $GEMLORA_HOME/models (a no-op for built ones)."""
-    from train.bases.build import build_model, buildable_models
+    from gemlora.train.bases.build import build_model, buildable_models
 
     wanted = names or buildable_models()
     unknown = sorted(set(wanted) - set(buildable_models()))
@@ -44,7 +44,7 @@ def build(
 def list_models() -> None:
     """Show every base in the catalogue and whether it is built here."""
     from gemlora.bases import load_catalogue
-    from train.bases.build import read_manifest
+    from gemlora.train.bases.build import read_manifest
 
     table = Table("name", "family", "source", "quantization", "multimodal", "status", "location")
     for spec in load_catalogue().values():
