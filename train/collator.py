@@ -8,6 +8,12 @@ turns with weight 0, and on the image tokens `<start_of_image>`, `<image_soft_to
 `<end_of_image>`. A multimodal processor also returns `token_type_ids` (1 on image tokens: Gemma 3
 attends bidirectionally within an image) and, for batches with images, `pixel_values`.
 
+Padding-free batches (text-only bases): the examples of a batch are laid end to end in one row,
+with no padding and `position_ids` restarting at 0 for each example. transformers builds a
+block-diagonal attention mask from those position ids, so no example sees another, and no compute
+goes to padding. The loss is the same as on the padded batch; multimodal batches stay padded
+(`token_type_ids` and image features are per row).
+
 Rows are TRL's conversational format plus each message's weight (see `gemlora.train.dataset`):
 
     {"messages": [{"role": "user", "weight": 0,
@@ -29,9 +35,12 @@ class Gemma3ChatCollator:
     tokenizer (text-only bases) whose chat template has `{% generation %}` markers, as every
     gemlora base does."""
 
-    def __init__(self, processor: Any) -> None:
+    def __init__(self, processor: Any, padding_free: bool = False) -> None:
         self.processor = processor
         self.multimodal = hasattr(processor, "image_processor")
+        if padding_free and self.multimodal:
+            raise ValueError("padding-free batches are for text-only bases; multimodal stay padded")
+        self.padding_free = padding_free
         tokenizer = processor.tokenizer if self.multimodal else processor
         vocab = tokenizer.get_vocab()
         self.image_token_ids = [vocab[token] for token in IMAGE_TOKENS if token in vocab]
@@ -56,7 +65,7 @@ class Gemma3ChatCollator:
         assistant_masks = batch.pop("assistant_masks")
         batch["labels"] = self.labels(rows, batch["input_ids"], assistant_masks)
         batch["labels"][batch["attention_mask"] == 0] = IGNORE_INDEX
-        return dict(batch)
+        return flatten(batch) if self.padding_free else dict(batch)
 
     def labels(self, rows: list[dict], input_ids, assistant_masks):
         """The input ids on the assistant turns that train (weight 1), -100 everywhere else."""
@@ -78,6 +87,24 @@ class Gemma3ChatCollator:
         if self.image_token_ids:
             labels[torch.isin(input_ids, torch.tensor(self.image_token_ids))] = IGNORE_INDEX
         return labels
+
+
+def flatten(batch) -> dict[str, Any]:
+    """A right-padded batch as one padding-free row: the examples' tokens end to end, position
+    ids restarting at each example. The first token of every example gets no label, so that the
+    last token of the example before it is never trained to predict it."""
+    import torch
+
+    real = batch["attention_mask"].bool()
+    labels = batch["labels"].clone()
+    labels[:, 0] = IGNORE_INDEX
+    lengths = real.sum(dim=1).tolist()
+    positions = torch.cat([torch.arange(length) for length in lengths])
+    return {
+        "input_ids": batch["input_ids"][real].unsqueeze(0),
+        "labels": labels[real].unsqueeze(0),
+        "position_ids": positions.unsqueeze(0),
+    }
 
 
 def assistant_spans(mask: list[int]) -> list[tuple[int, int]]:

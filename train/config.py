@@ -183,6 +183,16 @@ class TrainingSection(Section):
     gradient_checkpointing: bool = Field(
         default=False, description="Recompute activations in backward: less memory, ~30% slower."
     )
+    padding_free: bool = Field(
+        default=True,
+        description="Text-only bases: lay each batch's examples end to end in one row, with no "
+        "padding (same loss, less compute). Multimodal batches are always padded.",
+    )
+    group_by_length: bool = Field(
+        default=False,
+        description="Batch examples of similar token length together (less padding when lengths "
+        "vary a lot). Changes the order of examples, and so the loss curve.",
+    )
     save_steps: int = Field(default=50, ge=1, description="Checkpoint every N optimizer steps.")
     save_total_limit: int = Field(default=2, ge=1, description="Checkpoints kept on disk.")
     eval_steps: int | None = Field(

@@ -27,6 +27,8 @@ from gemlora.train.config import DataSection
 # MLflow stores a dataset digest in 36 characters; the full sha256 goes into the adapter's
 # metadata and the run's tags.
 MLFLOW_DIGEST_CHARS = 32
+# The Trainer's length-grouped sampler reads token lengths from this column (group_by_length).
+LENGTH_COLUMN = "length"
 
 
 @dataclass
@@ -34,6 +36,13 @@ class TrainingData:
     train: list[Example]
     eval: list[Example]
     reports: dict[str, DatasetReport]  # "train", and "eval" when read from its own file
+
+    @property
+    def train_lengths(self) -> list[int]:
+        """The token length of each train example, as the validation measured it."""
+        report = self.reports["train"]
+        measured = dict(zip(map(id, report.examples), report.token_lengths or [], strict=True))
+        return [measured[id(example)] for example in self.train]
 
     @property
     def digest(self) -> str:
@@ -88,9 +97,10 @@ def load_training_data(settings: DataSection, base: str) -> TrainingData:
     return TrainingData(train, held_out, reports)
 
 
-def to_hf_dataset(examples: list[Example], multimodal: bool):
+def to_hf_dataset(examples: list[Example], multimodal: bool, lengths: list[int] | None = None):
     """The examples as a Hugging Face dataset of rows the collator takes (see
-    `gemlora.train.collator`). Images keep their original bytes and decode when a row is read."""
+    `gemlora.train.collator`). Images keep their original bytes and decode when a row is read.
+    With `lengths`, a `length` column holds each example's token length (for group_by_length)."""
     from datasets import Dataset, Features, Image, List, Value
 
     part = {"type": Value("string"), "text": Value("string"), "index": Value("int32")}
@@ -99,6 +109,9 @@ def to_hf_dataset(examples: list[Example], multimodal: bool):
     if multimodal:
         features["images"] = List(Image())
     rows = [example_row(example, multimodal) for example in examples]
+    if lengths is not None:
+        features[LENGTH_COLUMN] = Value("int32")
+        rows = [row | {LENGTH_COLUMN: length} for row, length in zip(rows, lengths, strict=True)]
     return Dataset.from_list(rows, features=Features(features))
 
 

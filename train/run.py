@@ -36,7 +36,6 @@ from gemlora.bases import BaseSpec, resolve_base
 from gemlora.paths import gemlora_home
 from gemlora.rundir import (
     ADAPTER_DIR,
-    CHECKPOINTS_DIR,
     PROGRESS_FILE,
     RUN_FILE,
     last_checkpoint,
@@ -118,8 +117,10 @@ def _run(
 
     run_id = _start_mlflow_run(config, run_dir, data, spec, resume)
     progress.write("start", run_id=run_id, run_dir=str(run_dir), resumed=resume)
+    from gemlora.train.trainer import build_trainer
+
     loaded = _load(config, spec)
-    trainer = _trainer(config, loaded, data, run_dir, progress)
+    trainer = build_trainer(config, loaded, data, run_dir, progress)
     _train(trainer, run_dir, resume)
 
     adapter_dir = run_dir / ADAPTER_DIR
@@ -165,7 +166,9 @@ def _follow(config: TrainConfig, resume: bool) -> None:
     run_dir = resume_dir(config) if resume else _shared_run_dir(config)
     spec = resolve_base(config.base.model)
     data = load_training_data(config.data, config.base.model)
-    trainer = _trainer(config, _load(config, spec), data, run_dir, progress=None)
+    from gemlora.train.trainer import build_trainer
+
+    trainer = build_trainer(config, _load(config, spec), data, run_dir, progress=None)
     _train(trainer, run_dir, resume)
     if data.eval:
         trainer.evaluate()
@@ -369,64 +372,6 @@ def _load(config: TrainConfig, spec: BaseSpec):
     from gemlora.train.model import load_base
 
     return load_base(config.base, spec)
-
-
-def _trainer(config: TrainConfig, loaded, data: TrainingData, run_dir: Path, progress):
-    """TRL's SFTTrainer with PEFT LoRA, gemlora's collator and the MLflow/progress callback
-    (main process only: `progress` is None in the others)."""
-    import torch
-    from trl import SFTConfig, SFTTrainer
-
-    from gemlora.train.collator import Gemma3ChatCollator
-    from gemlora.train.dataset import to_hf_dataset
-    from gemlora.train.model import lora_config, resolve_dtype
-    from gemlora.train.tracking import MlflowProgressCallback
-
-    training = config.training
-    evaluate_during = bool(data.eval) and training.eval_steps is not None
-    args = SFTConfig(
-        output_dir=str(run_dir / CHECKPOINTS_DIR),
-        max_steps=training.max_steps or -1,
-        num_train_epochs=training.epochs,
-        per_device_train_batch_size=training.batch_size,
-        per_device_eval_batch_size=training.batch_size,
-        gradient_accumulation_steps=training.gradient_accumulation,
-        learning_rate=training.lr,
-        lr_scheduler_type=training.lr_scheduler,
-        warmup_steps=training.warmup_ratio,  # a float below 1 is a share of the steps
-        weight_decay=training.weight_decay,
-        max_grad_norm=training.max_grad_norm,
-        optim=training.optimizer,
-        seed=training.seed,
-        gradient_checkpointing=training.gradient_checkpointing,
-        save_strategy="steps",
-        save_steps=training.save_steps,
-        save_total_limit=training.save_total_limit,
-        eval_strategy="steps" if evaluate_during else "no",
-        eval_steps=training.eval_steps,
-        logging_steps=training.logging_steps,
-        bf16=resolve_dtype(config.base.compute_dtype) == "bf16",
-        # TRL's bf16 needs use_cpu on a CPU-only machine.
-        use_cpu=not torch.cuda.is_available(),
-        report_to="none",  # MLflow is logged by our callback, into the run we manage
-        # The collator takes canonical examples and builds the labels itself; examples were
-        # length-checked by the validation, so nothing is truncated.
-        remove_unused_columns=False,
-        dataset_kwargs={"skip_prepare_dataset": True},
-        max_length=None,
-        # Every LoRA weight takes part in every step: DDP need not search for unused ones.
-        ddp_find_unused_parameters=False,
-    )
-    return SFTTrainer(
-        model=loaded.model,
-        args=args,
-        train_dataset=to_hf_dataset(data.train, loaded.multimodal),
-        eval_dataset=to_hf_dataset(data.eval, loaded.multimodal) if data.eval else None,
-        processing_class=loaded.processor,
-        data_collator=Gemma3ChatCollator(loaded.processor),
-        peft_config=lora_config(config.lora, loaded.multimodal),
-        callbacks=[MlflowProgressCallback(progress)] if progress is not None else [],
-    )
 
 
 # --- evaluation -------------------------------------------------------------------------------

@@ -1,0 +1,217 @@
+"""Training speed without changing the maths: TRL's fused LM head on labelled positions only, and
+padding-free batches for text-only bases. Each gives the loss and LoRA gradients of the plain
+computation, on a small random Gemma 3 text model with the real 262,144-word vocabulary and the
+270M's tokenizer."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from train_helpers import example, text, with_image
+
+from gemlora.train import Gemma3ChatCollator
+from gemlora.train.collator import IGNORE_INDEX
+from gemlora.train.dataset import to_hf_dataset
+from gemlora.train.loss_head import FUSED_HEAD_MODULE, GATE, labelled_positions_only
+
+ROWS = [
+    example(text("user", "Why is the sky blue?"), text("assistant", "Ahoy! Light scatters.", 1)),
+    example(
+        text("system", "Be brief."),
+        text("user", "Name a planet with rings, and say why they shine in sunlight."),
+        text("assistant", "Saturn. — Captain Gem", 1),
+    ),
+    example(text("user", "2+2?"), text("assistant", "4", 1), text("user", "And 3+3?")),
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(built_models):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(built_models["gemma-3-270m"])
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    """A 2-layer random Gemma 3 text model over the 270M's vocabulary, with TRL's fused head
+    and a LoRA whose B matrices are non-zero (so that every LoRA weight has a gradient)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    from trl.trainer.utils import add_fused_lm_head
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        sliding_window=16,  # shorter than the batch: packing must hold with sliding layers too
+        layer_types=["sliding_attention", "full_attention"],
+        attn_implementation="sdpa",
+    )
+    base = Gemma3ForCausalLM(config).float().eval()
+    add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    peft_model = get_peft_model(base, lora)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.1)
+    return peft_model
+
+
+def padded_batch(tokenizer) -> dict:
+    rows = list(to_hf_dataset(ROWS, multimodal=False))
+    return Gemma3ChatCollator(tokenizer)(rows)
+
+
+def loss_and_grads(model, batch) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad()
+    loss = model(**batch, fused_lm_head=True).loss
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.item(), grads
+
+
+def assert_same(first, second) -> None:
+    (loss_a, grads_a), (loss_b, grads_b) = first, second
+    assert loss_a == pytest.approx(loss_b, rel=1e-5)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name, grad in grads_a.items():
+        assert grad.abs().sum() > 0, f"{name} got no gradient"
+        torch.testing.assert_close(grad, grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_trl_still_gates_its_compact_head_on_the_name_gemlora_opens():
+    """Pins the TRL behaviour `gemlora.train.loss_head` relies on: the fused forward asks
+    `trl.trainer.utils._use_triton(device)` whether to drop unlabelled positions, and says no
+    on a CPU. A TRL release that moves this fails here, not silently slower or wrong."""
+    import importlib
+
+    from trl.trainer import utils
+
+    module = importlib.import_module(FUSED_HEAD_MODULE)
+    assert module is utils
+    assert callable(getattr(utils, GATE))
+    assert f"compact = {GATE}(hidden_states.device)" in inspect.getsource(utils.add_fused_lm_head)
+    assert getattr(utils, GATE)(torch.device("cpu")) is False
+    with labelled_positions_only():
+        assert getattr(utils, GATE)(torch.device("cpu")) is True
+    assert getattr(utils, GATE)(torch.device("cpu")) is False  # restored
+
+
+def test_head_runs_on_labelled_positions_only(model, tokenizer, monkeypatch):
+    from trl.trainer import utils
+
+    batch = padded_batch(tokenizer)
+    rows_seen = []
+    original = utils._ChunkedLogProbFunction.apply
+
+    def spy(hidden, *args):
+        rows_seen.append(hidden.shape[0])
+        return original(hidden, *args)
+
+    monkeypatch.setattr(utils._ChunkedLogProbFunction, "apply", spy)
+    model(**batch, fused_lm_head=True)
+    with labelled_positions_only():
+        model(**batch, fused_lm_head=True)
+    labelled = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    rows, length = batch["input_ids"].shape
+    assert rows_seen == [rows * (length - 1), labelled]
+    assert labelled < rows_seen[0] / 2
+
+
+def test_labelled_only_loss_and_gradients_equal_the_full_head(model, tokenizer):
+    batch = padded_batch(tokenizer)
+    full = loss_and_grads(model, batch)
+    with labelled_positions_only():
+        compact = loss_and_grads(model, batch)
+    assert_same(compact, full)
+    # and both equal the model's own loss over the full logits
+    own = model(**{k: v for k, v in batch.items()}, fused_lm_head=False).loss.item()
+    assert full[0] == pytest.approx(own, rel=1e-5)
+
+
+def test_padding_free_batch_lays_examples_end_to_end(tokenizer):
+    rows = list(to_hf_dataset(ROWS, multimodal=False))
+    padded = Gemma3ChatCollator(tokenizer)(rows)
+    flat = Gemma3ChatCollator(tokenizer, padding_free=True)(rows)
+    assert set(flat) == {"input_ids", "labels", "position_ids"}  # no padding, no mask
+    lengths = padded["attention_mask"].sum(dim=1).tolist()
+    assert flat["input_ids"].shape == (1, sum(lengths))
+    expected_ids = torch.cat([padded["input_ids"][i, :n] for i, n in enumerate(lengths)])
+    assert flat["input_ids"][0].tolist() == expected_ids.tolist()
+    expected_positions = [p for n in lengths for p in range(n)]
+    assert flat["position_ids"][0].tolist() == expected_positions
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    assert all(flat["labels"][0, start] == IGNORE_INDEX for start in starts)
+    assert (flat["labels"] != IGNORE_INDEX).sum() == (padded["labels"] != IGNORE_INDEX).sum()
+
+
+def test_padding_free_loss_and_gradients_equal_the_padded_batch(model, tokenizer):
+    rows = list(to_hf_dataset(ROWS, multimodal=False))
+    padded = Gemma3ChatCollator(tokenizer)(rows)
+    flat = Gemma3ChatCollator(tokenizer, padding_free=True)(rows)
+    assert padded["input_ids"].shape[1] > 16  # longer than the sliding window
+    with labelled_positions_only():
+        assert_same(loss_and_grads(model, flat), loss_and_grads(model, padded))
+
+
+def test_padding_free_keeps_examples_apart(model, tokenizer):
+    """Changing one example's tokens leaves the other examples' log-probabilities unchanged."""
+    rows = list(to_hf_dataset(ROWS, multimodal=False))
+    flat = Gemma3ChatCollator(tokenizer, padding_free=True)(rows)
+    first_length = int((flat["position_ids"][0] == 0).nonzero()[1])
+    changed = {k: v.clone() for k, v in flat.items()}
+    changed["input_ids"][0, 1:first_length] = tokenizer.convert_tokens_to_ids("<pad>")
+    with torch.no_grad():
+        before = model(**flat, fused_lm_head=True).log_probs
+        after = model(**changed, fused_lm_head=True).log_probs
+    torch.testing.assert_close(before[0, first_length:], after[0, first_length:])
+
+
+def test_multimodal_batches_stay_padded(built_models):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(built_models["tiny-gemma-3-mm"])
+    with pytest.raises(ValueError, match="text-only"):
+        Gemma3ChatCollator(processor, padding_free=True)
+    conversations = [
+        example(with_image("What colour is it?"), text("assistant", "red", 1), images=1),
+        example(text("user", "Hi there, how are you today?"), text("assistant", "ok", 1)),
+    ]
+    batch = Gemma3ChatCollator(processor)(list(to_hf_dataset(conversations, multimodal=True)))
+    assert {"attention_mask", "token_type_ids", "pixel_values"} <= set(batch)
+    assert batch["token_type_ids"].shape == batch["input_ids"].shape
+    assert (batch["attention_mask"] == 0).any()  # the shorter row is padded
+
+
+def test_group_by_length_batches_by_measured_token_length(tiny_config, tmp_path):
+    """`training.group_by_length` hands the Trainer's length-grouped sampler the token lengths
+    the validation measured; the multimodal base's batches stay padded whatever padding_free
+    says."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from gemlora.bases import resolve_base
+    from gemlora.train.dataset import LENGTH_COLUMN, load_training_data
+    from gemlora.train.model import load_base
+    from gemlora.train.trainer import build_trainer
+
+    config = tiny_config(training={"group_by_length": True, "padding_free": True})
+    data = load_training_data(config.data, config.base.model)
+    loaded = load_base(config.base, resolve_base(config.base.model))
+    trainer = build_trainer(config, loaded, data, tmp_path, progress=None)
+    assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
+    lengths = trainer.train_dataset[LENGTH_COLUMN]
+    assert lengths == data.train_lengths and len(set(lengths)) > 1
+    assert trainer.data_collator.padding_free is False
+
+    ungrouped = build_trainer(tiny_config(), loaded, data, tmp_path / "b", progress=None)
+    assert not isinstance(ungrouped._get_train_sampler(), LengthGroupedSampler)
+    assert LENGTH_COLUMN not in ungrouped.train_dataset.column_names
