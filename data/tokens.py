@@ -27,7 +27,9 @@ class TokenCounter:
         self.spec = resolve_base(model)
         self.name = self.spec.name
         # For a text-only base AutoProcessor hands back the tokenizer itself.
-        self.processor = AutoProcessor.from_pretrained(self.spec.location)
+        self.processor = AutoProcessor.from_pretrained(
+            self.spec.location, revision=self.spec.revision
+        )
         self.multimodal = hasattr(self.processor, "image_processor")
         self.tokenizer = self.processor.tokenizer if self.multimodal else self.processor
 

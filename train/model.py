@@ -62,8 +62,15 @@ def load_base(settings: BaseSection, spec: BaseSpec) -> LoadedBase:
     """Load the base model and its processor for training."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
+    from gemlora.data import load_token_counter
+
     revision = settings.revision or spec.revision
-    processor = AutoProcessor.from_pretrained(spec.location, revision=revision)
+    if revision == spec.revision:
+        # The processor that validated the data: one copy in memory (Gemma 3's 262k-word
+        # tokenizer alone takes ~300 MB).
+        processor = load_token_counter(settings.model).processor
+    else:
+        processor = AutoProcessor.from_pretrained(spec.location, revision=revision)
     multimodal = hasattr(processor, "image_processor")
     model_class = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
     model = model_class.from_pretrained(

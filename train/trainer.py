@@ -14,7 +14,7 @@ from gemlora.rundir import CHECKPOINTS_DIR
 from gemlora.train.collator import Gemma3ChatCollator
 from gemlora.train.config import TrainConfig
 from gemlora.train.dataset import LENGTH_COLUMN, TrainingData, to_hf_dataset
-from gemlora.train.loss_head import labelled_positions_only
+from gemlora.train.loss_head import fast_loss_head
 from gemlora.train.model import lora_config, resolve_dtype
 from gemlora.train.tracking import MlflowProgressCallback
 
@@ -28,7 +28,7 @@ class GemloraSFTTrainer(SFTTrainer):
     positions only."""
 
     def compute_loss(self, *args, **kwargs):
-        with labelled_positions_only():
+        with fast_loss_head():
             return super().compute_loss(*args, **kwargs)
 
 

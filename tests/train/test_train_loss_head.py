@@ -1,7 +1,7 @@
-"""Training speed without changing the maths: TRL's fused LM head on labelled positions only, and
-padding-free batches for text-only bases. Each gives the loss and LoRA gradients of the plain
-computation, on a small random Gemma 3 text model with the real 262,144-word vocabulary and the
-270M's tokenizer."""
+"""Training speed without changing the maths: TRL's fused LM head on labelled positions only (with
+gemlora's CPU kernel), and padding-free batches for text-only bases. Each gives the loss and LoRA
+gradients of the plain computation, on a small random Gemma 3 text model with the real
+262,144-word vocabulary and the 270M's tokenizer."""
 
 from __future__ import annotations
 
@@ -14,7 +14,14 @@ from train_helpers import example, text, with_image
 from gemlora.train import Gemma3ChatCollator
 from gemlora.train.collator import IGNORE_INDEX
 from gemlora.train.dataset import to_hf_dataset
-from gemlora.train.loss_head import FUSED_HEAD_MODULE, GATE, labelled_positions_only
+from gemlora.train.loss_head import (
+    FUSED_HEAD_MODULE,
+    GATE,
+    KERNEL,
+    TOKENS_PER_CHUNK,
+    CpuLabelledLogProbs,
+    fast_loss_head,
+)
 
 ROWS = [
     example(text("user", "Why is the sky blue?"), text("assistant", "Ahoy! Light scatters.", 1)),
@@ -88,22 +95,26 @@ def assert_same(first, second) -> None:
         torch.testing.assert_close(grad, grads_b[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_trl_still_gates_its_compact_head_on_the_name_gemlora_opens():
+def test_trl_still_has_the_names_gemlora_relies_on():
     """Pins the TRL behaviour `gemlora.train.loss_head` relies on: the fused forward asks
-    `trl.trainer.utils._use_triton(device)` whether to drop unlabelled positions, and says no
-    on a CPU. A TRL release that moves this fails here, not silently slower or wrong."""
+    `trl.trainer.utils._use_triton(device)` whether to drop unlabelled positions (no, on a
+    CPU) and scores them with `trl.trainer.utils._ChunkedLogProbFunction`, both looked up at
+    call time. A TRL release that moves either fails here, not silently slower or wrong."""
     import importlib
 
     from trl.trainer import utils
 
     module = importlib.import_module(FUSED_HEAD_MODULE)
     assert module is utils
-    assert callable(getattr(utils, GATE))
-    assert f"compact = {GATE}(hidden_states.device)" in inspect.getsource(utils.add_fused_lm_head)
-    assert getattr(utils, GATE)(torch.device("cpu")) is False
-    with labelled_positions_only():
+    source = inspect.getsource(utils.add_fused_lm_head)
+    assert f"compact = {GATE}(hidden_states.device)" in source
+    assert f"per_token = {KERNEL}.apply(" in source
+    gate, kernel = getattr(utils, GATE), getattr(utils, KERNEL)
+    assert gate(torch.device("cpu")) is False
+    with fast_loss_head():
         assert getattr(utils, GATE)(torch.device("cpu")) is True
-    assert getattr(utils, GATE)(torch.device("cpu")) is False  # restored
+        assert getattr(utils, KERNEL) is not kernel
+    assert (getattr(utils, GATE), getattr(utils, KERNEL)) == (gate, kernel)  # restored
 
 
 def test_head_runs_on_labelled_positions_only(model, tokenizer, monkeypatch):
@@ -111,26 +122,64 @@ def test_head_runs_on_labelled_positions_only(model, tokenizer, monkeypatch):
 
     batch = padded_batch(tokenizer)
     rows_seen = []
-    original = utils._ChunkedLogProbFunction.apply
 
-    def spy(hidden, *args):
-        rows_seen.append(hidden.shape[0])
-        return original(hidden, *args)
+    def spy(kernel, name: str):
+        original = kernel.apply
 
-    monkeypatch.setattr(utils._ChunkedLogProbFunction, "apply", spy)
+        def apply(hidden, *args):
+            rows_seen.append((name, hidden.shape[0]))
+            return original(hidden, *args)
+
+        monkeypatch.setattr(kernel, "apply", apply)
+
+    spy(utils._ChunkedLogProbFunction, "trl")
+    spy(CpuLabelledLogProbs, "gemlora")
     model(**batch, fused_lm_head=True)
-    with labelled_positions_only():
+    with fast_loss_head():
         model(**batch, fused_lm_head=True)
     labelled = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     rows, length = batch["input_ids"].shape
-    assert rows_seen == [rows * (length - 1), labelled]
-    assert labelled < rows_seen[0] / 2
+    assert rows_seen == [("trl", rows * (length - 1)), ("gemlora", labelled)]
+    assert labelled < rows * (length - 1) / 2
+
+
+@pytest.mark.parametrize(
+    ("temperature", "softcap", "logit_scale"), [(1.0, None, 1.0), (0.7, 30.0, 0.5)]
+)
+def test_cpu_kernel_equals_trls_kernel(temperature, softcap, logit_scale):
+    """Every output TRL's kernel offers, and the gradient of the log-probabilities, over more
+    positions than one chunk holds; a target tied with an earlier word is not a top-1 hit."""
+    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE, _ChunkedLogProbFunction
+
+    torch.manual_seed(0)
+    count, width, vocab = 2 * TOKENS_PER_CHUNK + 5, 48, 50_000
+    weight = torch.randn(vocab, width) * 0.2
+    weight[7] = weight[3]  # words 3 and 7 always tie
+    hidden = torch.randn(count, width)
+    targets = torch.randint(0, vocab, (count,))
+    targets[:4] = 7
+    hidden[:4] = weight[7] * 5  # ...and win: the argmax is word 3, so these are not top-1 hits
+    outputs = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
+    args = (temperature, _CHUNKED_LOGPROB_CHUNK_SIZE, softcap, logit_scale, outputs)
+    results, grads = [], []
+    for kernel in (_ChunkedLogProbFunction, CpuLabelledLogProbs):
+        leaf = hidden.clone().requires_grad_()
+        result = kernel.apply(leaf, weight, None, targets, *args)
+        (result[0] * torch.linspace(0.5, 1.5, count)).sum().backward()
+        results.append(result)
+        grads.append(leaf.grad)
+    for name, theirs, ours in zip(outputs, *results, strict=True):
+        if name == "is_top1":
+            assert torch.equal(theirs, ours) and not ours[:4].any() and ours.dtype == torch.bool
+        else:
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5, msg=name)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
 
 
 def test_labelled_only_loss_and_gradients_equal_the_full_head(model, tokenizer):
     batch = padded_batch(tokenizer)
     full = loss_and_grads(model, batch)
-    with labelled_positions_only():
+    with fast_loss_head():
         compact = loss_and_grads(model, batch)
     assert_same(compact, full)
     # and both equal the model's own loss over the full logits
@@ -159,7 +208,7 @@ def test_padding_free_loss_and_gradients_equal_the_padded_batch(model, tokenizer
     padded = Gemma3ChatCollator(tokenizer)(rows)
     flat = Gemma3ChatCollator(tokenizer, padding_free=True)(rows)
     assert padded["input_ids"].shape[1] > 16  # longer than the sliding window
-    with labelled_positions_only():
+    with fast_loss_head():
         assert_same(loss_and_grads(model, flat), loss_and_grads(model, padded))
 
 
