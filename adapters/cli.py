@@ -237,6 +237,12 @@ def verify(
         typer.Option("--prompt", help="A held-out prompt (repeatable; default: built-in ones)."),
     ] = None,
     tokens: Annotated[int, typer.Option(min=1, help="Greedy tokens compared per prompt.")] = 16,
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="The engine's dtype (its config's engine.dtype): auto, bfloat16, float32."
+        ),
+    ] = "auto",
     record: Annotated[
         bool, typer.Option(help="Record the result as the version's gemlora.verify tag.")
     ] = True,
@@ -247,7 +253,7 @@ def verify(
     from gemlora.adapters.verify import verify_adapter
 
     with _registry(ctx) as registry:
-        report = verify_adapter(registry, ref, engine_url, base, prompt, tokens, record)
+        report = verify_adapter(registry, ref, engine_url, base, prompt, tokens, record, dtype)
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
     else:

@@ -77,13 +77,15 @@ class VerifyReport(BaseModel):
 # --- greedy tokens, both ways -----------------------------------------------------------------
 
 
-def load_reference_model(spec: BaseSpec, adapter_dir: Path | None):
+def load_reference_model(spec: BaseSpec, adapter_dir: Path | None, dtype: str = "auto"):
     """The served base in transformers (a compressed-tensors base dequantized, as vLLM computes
-    it), with the adapter attached when given."""
-    import torch
+    it) in the engine's dtype (`auto`: the precision rule the engine applies on this machine),
+    with the adapter attached when given."""
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    kwargs: dict = {"dtype": torch.bfloat16, "revision": spec.revision}
+    from gemlora.precision import torch_dtype
+
+    kwargs: dict = {"dtype": torch_dtype(dtype), "revision": spec.revision}
     if spec.quantization == "compressed-tensors-w4a16":
         from transformers import CompressedTensorsConfig
 
@@ -165,9 +167,11 @@ def verify_adapter(
     prompts: list[str] | None = None,
     tokens: int = 16,
     record: bool = True,
+    dtype: str = "auto",
 ) -> VerifyReport:
-    """Compare PEFT + transformers with the engine at `engine_url` (serving `base`) on `ref`,
-    and record the result as the `gemlora.verify` tag of the version `ref` points at."""
+    """Compare PEFT + transformers with the engine at `engine_url` (serving `base` in `dtype`,
+    the engine config's) on `ref`, and record the result as the `gemlora.verify` tag of the
+    version `ref` points at."""
     from transformers import AutoTokenizer
 
     from gemlora.adapters.registry import served_base
@@ -175,7 +179,7 @@ def verify_adapter(
     spec = served_base(base)
     resolved = registry.resolve(ref, base=spec)
     tokenizer = AutoTokenizer.from_pretrained(spec.location, revision=spec.revision)
-    model = load_reference_model(spec, resolved.path)
+    model = load_reference_model(spec, resolved.path, dtype)
     report = VerifyReport(
         ref=ref,
         version_ref=resolved.version_ref,

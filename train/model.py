@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gemlora.bases import BaseSpec
+from gemlora.precision import resolve_precision, torch_dtype
 from gemlora.train.config import BaseSection, ConfigError, LoraSection
 
 # The language model's layers (`model.layers.N...` in Gemma3ForCausalLM,
@@ -34,28 +35,9 @@ class LoadedBase:
 
 
 def resolve_dtype(compute_dtype: str) -> str:
-    """`auto` -> `bf16` where bf16 runs natively, else `fp32`; others as they are."""
-    if compute_dtype != "auto":
-        return compute_dtype
-    return "bf16" if native_bf16() else "fp32"
-
-
-def native_bf16() -> bool:
-    """A CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX. Elsewhere PyTorch emulates bf16
-    matmuls: a Gemma 3 270M training step takes ~200 s in bf16 against ~3 s in fp32 on AVX2."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    cpuinfo = Path("/proc/cpuinfo")
-    flags = cpuinfo.read_text() if cpuinfo.is_file() else ""
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def torch_dtype(compute_dtype: str):
-    import torch
-
-    return {"bf16": torch.bfloat16, "fp32": torch.float32}[resolve_dtype(compute_dtype)]
+    """`auto` -> `bf16` where bf16 runs natively, else `fp32` (`gemlora.precision`); others as
+    they are."""
+    return resolve_precision(compute_dtype)
 
 
 def load_base(settings: BaseSection, spec: BaseSpec) -> LoadedBase:
