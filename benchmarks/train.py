@@ -37,6 +37,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINERS = ("gemlora", "trl")
+# The control: plain TRL again, its fused head summing the vocabulary in tiles of another size.
+# Same maths, another fp32 rounding: how far two correct implementations' curves drift apart.
+CONTROL = "trl-reordered"
+CONTROL_TILE = 16384  # TRL's own is 32768
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,10 @@ def worker(trainer_kind: str, case: Case, samples: Path, out: Path) -> None:
         trainer = gemlora_trainer(case, train_file, out.parent / f"run-{trainer_kind}")
     else:
         trainer = trl_trainer(case, train_file, out.parent / f"run-{trainer_kind}")
+    if trainer_kind == CONTROL:
+        from trl.trainer import utils
+
+        utils._CHUNKED_LOGPROB_CHUNK_SIZE = CONTROL_TILE
     meter = Meter(trainer)
     rss_before = current_rss_mib()
     trainer.train()
@@ -331,7 +339,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="override every case's steps")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/train.json")
     parser.add_argument("--samples", type=Path, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--worker", choices=TRAINERS, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", choices=[*TRAINERS, CONTROL], default=None, help=argparse.SUPPRESS
+    )
     parser.add_argument("--worker-out", type=Path, default=None, help=argparse.SUPPRESS)
     options = parser.parse_args()
     cases = [CASES[name] for name in options.cases.split(",")]
