@@ -17,8 +17,11 @@ row), and the point of comparing the curves is that the maths is the same.
 
 Reported per trainer: median step time (the first step, which warms up, excluded), tokens/s
 (every real token, and the labelled ones), peak RSS of the process (peak CUDA memory on a GPU),
-per-step losses; per case: the ratios gemlora/TRL and the largest loss difference. JSON goes to
-stdout and `--out`; a PNG of the loss curves and step times next to it.
+the RSS before training and its peak during training (what training adds over the loaded model),
+per-step losses; per case: the ratios gemlora/TRL and the largest loss difference. A control run
+(plain TRL again, its head summing the vocabulary in tiles of another size: same maths, other
+fp32 rounding) shows how close two correct implementations' curves stay. JSON goes to stdout and
+`--out`; a PNG of the loss curves and step times next to it.
 """
 
 from __future__ import annotations
@@ -81,9 +84,11 @@ def worker(trainer_kind: str, case: Case, samples: Path, out: Path) -> None:
         utils._CHUNKED_LOGPROB_CHUNK_SIZE = CONTROL_TILE
     meter = Meter(trainer)
     rss_before = current_rss_mib()
-    trainer.train()
+    with RssSampler() as during_training:
+        trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    out.write_text(json.dumps(meter.report(losses, rss_before)))
+    report = meter.report(losses, rss_before) | {"peak_rss_training_mib": during_training.peak}
+    out.write_text(json.dumps(report))
 
 
 def gemlora_trainer(case: Case, train_file: Path, run_dir: Path):
@@ -236,6 +241,29 @@ class Meter:
         return report
 
 
+class RssSampler:
+    """The highest RSS while the block runs (ru_maxrss covers the process's whole life, model
+    loading included), sampled every 10 ms by a thread."""
+
+    def __enter__(self) -> RssSampler:
+        import threading
+
+        self.peak = current_rss_mib()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self.done.wait(0.01):
+            self.peak = max(self.peak, current_rss_mib())
+
+    def __exit__(self, *_exc) -> None:
+        self.done.set()
+        self.thread.join()
+        self.peak = max(self.peak, current_rss_mib())
+
+
 def current_rss_mib() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -252,18 +280,27 @@ def run_case(case: Case, samples: Path, rounds: int, scratch: Path) -> dict:
         order = TRAINERS if round_index % 2 == 0 else TRAINERS[::-1]
         for kind in order:
             out = scratch / f"{case.name}-{kind}-{round_index}.json"
-            command = [sys.executable, __file__, "--worker", kind, "--cases", case.name]
-            command += ["--samples", str(samples), "--worker-out", str(out)]
-            command += ["--steps", str(case.steps)]
-            started = time.perf_counter()
-            subprocess.run(command, check=True, env=os.environ | {"TOKENIZERS_PARALLELISM": "0"})
-            print(
-                f"{case.name} round {round_index + 1}/{rounds} {kind}: "
-                f"{time.perf_counter() - started:.0f} s",
-                file=sys.stderr,
-            )
-            runs[kind].append(json.loads(out.read_text()))
-    return summarize(case, runs)
+            label = f"{case.name} round {round_index + 1}/{rounds} {kind}"
+            runs[kind].append(train_once(kind, case, samples, out, label))
+    control = train_once(CONTROL, case, samples, scratch / f"{case.name}-control.json", CONTROL)
+    return summarize(case, runs) | {
+        "control_loss_max_rel_diff": max_relative_difference(
+            control["losses"], runs["trl"][0]["losses"]
+        )
+    }
+
+
+def train_once(kind: str, case: Case, samples: Path, out: Path, label: str) -> dict:
+    command = [sys.executable, __file__, "--worker", kind, "--cases", case.name]
+    command += ["--samples", str(samples), "--worker-out", str(out), "--steps", str(case.steps)]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, env=os.environ | {"TOKENIZERS_PARALLELISM": "0"})
+    print(f"{label}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return json.loads(out.read_text())
+
+
+def max_relative_difference(ours: list[float], theirs: list[float]) -> float:
+    return max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ours, theirs, strict=True))
 
 
 def summarize(case: Case, runs: dict[str, list[dict]]) -> dict:
@@ -272,13 +309,17 @@ def summarize(case: Case, runs: dict[str, list[dict]]) -> dict:
 
     ours, theirs = runs["gemlora"][0]["losses"], runs["trl"][0]["losses"]
     differences = [abs(a - b) for a, b in zip(ours, theirs, strict=True)]
-    relative = [abs(a - b) / max(abs(b), 1e-12) for a, b in zip(ours, theirs, strict=True)]
     per_trainer = {
         kind: {
             "step_s_median": median(kind, "step_s_median"),
             "tokens_per_s": median(kind, "tokens_per_s"),
             "labelled_tokens_per_s": median(kind, "labelled_tokens_per_s"),
             "peak_rss_mib": median(kind, "peak_rss_mib"),
+            "rss_before_training_mib": median(kind, "rss_before_train_mib"),
+            "peak_rss_training_mib": median(kind, "peak_rss_training_mib"),
+            "rss_added_by_training_mib": statistics.median(
+                run["peak_rss_training_mib"] - run["rss_before_train_mib"] for run in runs[kind]
+            ),
             "tokens_per_step": runs[kind][0]["tokens"] / runs[kind][0]["steps"],
             "labelled_tokens_per_step": runs[kind][0]["labelled_tokens"] / runs[kind][0]["steps"],
             "losses": runs[kind][0]["losses"],
@@ -296,8 +337,14 @@ def summarize(case: Case, runs: dict[str, list[dict]]) -> dict:
         "peak_rss_ratio": statistics.median(
             g["peak_rss_mib"] / t["peak_rss_mib"] for g, t in pairs
         ),
+        # what training itself adds (activations, loss head, optimizer), loading left out
+        "training_rss_ratio": statistics.median(
+            (g["peak_rss_training_mib"] - g["rss_before_train_mib"])
+            / (t["peak_rss_training_mib"] - t["rss_before_train_mib"])
+            for g, t in pairs
+        ),
         "loss_max_abs_diff": max(differences),
-        "loss_max_rel_diff": max(relative),
+        "loss_max_rel_diff": max_relative_difference(ours, theirs),
         "same_labelled_tokens": runs["gemlora"][0]["labelled_tokens"]
         == runs["trl"][0]["labelled_tokens"],
     }
