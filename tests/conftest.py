@@ -35,35 +35,55 @@ def built_models() -> dict[str, Path]:
 ENGINE_ALIAS_TTL_S = 3.0
 
 
+# Engines alive at once. In fp32 (the engines' `auto` precision on these CPUs) three engines
+# and a training run outgrow a 24 GiB machine; the least recently used engine makes way.
+MAX_LIVE_ENGINES = 2
+LIVE_POOLS: list["EnginePool"] = []
+
+
 class EnginePool:
-    """Starts at most one vLLM engine per base and stops them all at the end of the session.
-    Every engine routes adapter names through the registry on the session's MLflow server."""
+    """Starts at most one vLLM engine per base (and `MAX_LIVE_ENGINES` at once) and stops them
+    all at the end of the session. Every engine routes adapter names through the registry on the
+    session's MLflow server."""
 
     def __init__(self, log_dir: Path, registry) -> None:
         self.log_dir = log_dir
         self.registry = registry
-        self.engines: dict[str, object] = {}
+        self.engines: dict[str, object] = {}  # least recently used first
 
     def get(self, base: str):
         from gemlora.serve.engine import EngineConfig, start_engine
 
-        if base not in self.engines:
-            config = EngineConfig(base=base, port=free_port(), max_num_seqs=8)
-            log = self.log_dir / f"engine-{base}.log"
-            self.engines[base] = start_engine(config, log, registry=self.registry)
+        if base in self.engines:
+            self.engines[base] = self.engines.pop(base)
+            return self.engines[base]
+        while len(self.engines) >= MAX_LIVE_ENGINES:
+            self.engines.pop(next(iter(self.engines))).stop()
+        config = EngineConfig(base=base, port=free_port(), max_num_seqs=8)
+        log = self.log_dir / f"engine-{base}.log"
+        self.engines[base] = start_engine(config, log, registry=self.registry)
         return self.engines[base]
 
     def stop_all(self) -> None:
-        for engine in self.engines.values():
-            engine.stop()
+        while self.engines:
+            self.engines.popitem()[1].stop()
 
 
 @pytest.fixture(scope="session")
 def engines(built_models, engine_registry, tmp_path_factory) -> Iterator[EnginePool]:
     pool = EnginePool(tmp_path_factory.mktemp("engine-logs"), engine_registry)
+    LIVE_POOLS.append(pool)
     try:
         yield pool
     finally:
+        pool.stop_all()
+
+
+@pytest.fixture(scope="module")
+def no_engines() -> None:
+    """Stops the session's engines (they start again when asked for): for tests that train and
+    need the memory."""
+    for pool in LIVE_POOLS:
         pool.stop_all()
 
 

@@ -19,6 +19,11 @@ def _loopback_only(loopback_only) -> None:
     """Every test here: no connection outside 127.0.0.0/8."""
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _memory_for_training(no_engines) -> None:
+    """Training runs here need the memory the session's vLLM engines would hold."""
+
+
 @pytest.fixture(scope="session")
 def shapes(samples) -> tuple[Path, Path]:
     """A small shapes-vqa train file (16 image questions) and eval file (4): the tiny runs."""
