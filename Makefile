@@ -35,7 +35,7 @@ test-fast: install  ## tests that need no vLLM engine
 bench-gateway: install  ## gateway overhead vs vLLM directly at 1/8/32 clients (JSON; ~10 min)
 	$(PY) benchmarks/gateway.py --out benchmarks/results/gateway.json
 
-bench-train: install  ## gemlora's trainer vs plain TRL: step time, memory, loss curves (JSON + PNG; ~25 min)
+bench-train: install  ## gemlora's trainer vs plain TRL: step time, memory, loss curves (JSON + PNG; ~20 min)
 	$(PY) benchmarks/train.py --out benchmarks/results/train.json
 
 clean:  ## remove environments and caches in the tree (not $$GEMLORA_HOME)
