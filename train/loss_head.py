@@ -13,11 +13,13 @@ than the LoRA-adapted body of the 270M spends on a token:
    a recompilation for every new number of rows. CPUs and GPUs do not, so the gate opens.
 2. Without Triton, TRL's kernel (`_ChunkedLogProbFunction`) folds vocabulary tiles with a dozen
    torch passes each and recomputes every tile in backward: three head matmuls per position.
-   On a CPU `CpuLabelledLogProbs` replaces it: it builds the logits of a few positions at a
-   time, takes their log-softmax once, and computes each log-probability's gradient with
-   respect to its hidden state right there (one more matmul), so backward only scales those
-   rows: two head matmuls per position, and at most `TOKENS_PER_CHUNK` positions of logits in
-   memory at once. Its outputs and gradients equal TRL's (tests/train/test_train_loss_head.py).
+   On a CPU `CpuLabelledLogProbs` replaces it: it scans the vocabulary in tiles once per chunk of
+   positions with a running maximum (the online softmax), and accumulates each
+   log-probability's gradient with respect to its hidden state in the same pass (one more
+   matmul per tile), so backward only scales those rows: two head matmuls per position, no
+   `[positions, vocabulary]` logits in memory, and a head stored in bf16 (an fp32 run keeps
+   the frozen embedding in the checkpoint's bf16, `gemlora.train.bf16_embedding`) upcast a tile
+   at a time. Its outputs and gradients equal TRL's (tests/train/test_train_loss_head.py).
 
 Both are private names of TRL 1.16: `pyproject.toml` pins TRL to that minor version, and the
 tests fail if TRL moves either, so an upgrade fails loudly instead of training slowly or wrongly.
@@ -34,9 +36,14 @@ import torch
 FUSED_HEAD_MODULE = "trl.trainer.utils"
 GATE = "_use_triton"
 KERNEL = "_ChunkedLogProbFunction"
-# Positions whose logits exist at once: 64 x 262,144 fp32 logits are 64 MiB, and two such
-# buffers live during a chunk. Fewer rows make the head matmul much slower on a CPU.
-TOKENS_PER_CHUNK = 64
+# Positions scanned together over the vocabulary: each tile of the head is read (and upcast)
+# once per chunk, and a chunk holds a few `[positions, tile]` buffers.
+TOKENS_PER_CHUNK = 256
+# Words per tile of the head: 2,048 x 640 fp32 weights stay in a CPU's cache (faster than
+# larger tiles here), and softmax sums over 2,048 words keep TRL's accuracy.
+VOCABULARY_TILE = 2048
+# What TRL's kernel returns, in its order (those not asked for are None).
+ALL_OUTPUTS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 
 
 class LossHeadUnsupported(RuntimeError):
@@ -84,7 +91,8 @@ class CpuLabelledLogProbs(torch.autograd.Function):
     """TRL's `_ChunkedLogProbFunction` contract for a frozen head: per-position log-probability
     of `targets` under `hidden @ weight.T (+ bias)` (scaled, soft-capped, divided by the
     temperature as TRL does), plus the optional outputs TRL asks for. Only the log-probabilities
-    carry a gradient, and only to `hidden`."""
+    carry a gradient, and only to `hidden`. The head may be stored in another dtype than the
+    hidden states (bf16 for an fp32 run): it is upcast one vocabulary tile at a time."""
 
     @staticmethod
     def forward(
@@ -94,50 +102,26 @@ class CpuLabelledLogProbs(torch.autograd.Function):
         bias: torch.Tensor | None,  # [V]
         targets: torch.Tensor,  # [N]
         temperature: float,
-        _chunk_size: int,  # TRL's vocabulary tile; here whole rows of logits are built
+        _chunk_size: int,  # TRL's vocabulary tile; ours is VOCABULARY_TILE
         softcap: float | None,
         logit_scale: float,
         outputs: tuple[str, ...],
     ):
         ctx.set_materialize_grads(False)  # unused outputs (the entropy) get None, not zeros
-        count = hidden.shape[0]
-        log_probs = hidden.new_empty(count, dtype=torch.float32)
-        extra = {
-            name: hidden.new_empty(count, dtype=torch.bool if name == "is_top1" else torch.float32)
-            for name in outputs
-            if name != "log_probs"
-        }
-        hidden_grad = torch.empty_like(hidden) if hidden.requires_grad else None
-        weight = weight.to(hidden.dtype)  # no copy: the head is frozen in the compute dtype
-        for start in range(0, count, TOKENS_PER_CHUNK):
-            rows = slice(start, min(start + TOKENS_PER_CHUNK, count))
-            # [V, H] @ [H, n], read transposed: faster on a CPU than [n, H] @ [H, V] for few rows
-            raw = (weight @ hidden[rows].t()).t().float().contiguous()
-            if bias is not None:
-                raw += bias.float()
-            logits, slope = _transform(raw, logit_scale, softcap, temperature)
-            del raw
-            softmax, log_z = _softmax(logits)
-            target = targets[rows].unsqueeze(-1)
-            log_probs[rows] = logits.gather(-1, target).squeeze(-1) - log_z
-            _optional_outputs(extra, rows, logits, softmax, log_z, targets[rows])
-            del logits  # two [n, V] buffers at a time
-            if hidden_grad is not None:
-                # d log p(target) / d logits = onehot(target) - softmax, through the transform
-                dlogits = softmax.neg_()
-                dlogits.scatter_add_(-1, target, torch.ones(target.shape))
-                if slope is not None:
-                    dlogits.mul_(slope)
-                hidden_grad[rows] = dlogits.to(hidden.dtype) @ weight
+        transform = _Transform(logit_scale, softcap, temperature)
+        want_grad = hidden.requires_grad
+        results = [
+            _ChunkScan(hidden[rows], targets[rows], transform, want_grad, outputs).run(weight, bias)
+            for rows in _chunks(hidden.shape[0])
+        ]
+        merged = {name: torch.cat([r[name] for r in results]) for name in results[0]}
+        hidden_grad = merged.pop("hidden_grad", None)
         ctx.save_for_backward(hidden_grad)
         no_gradient = ("log_sum_sq_probs", "mean_logits", "is_top1")
-        ctx.mark_non_differentiable(*(extra[name] for name in no_gradient if name in extra))
-        return (
-            log_probs,
-            extra.get("entropy"),
-            extra.get("log_sum_sq_probs"),
-            extra.get("mean_logits"),
-            extra.get("is_top1"),
+        ctx.mark_non_differentiable(*(merged[name] for name in no_gradient if name in merged))
+        return tuple(
+            merged.get(name)
+            for name in ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
         )
 
     @staticmethod
@@ -151,46 +135,112 @@ class CpuLabelledLogProbs(torch.autograd.Function):
         return grad, None, None, None, None, None, None, None, None
 
 
-def _transform(raw, logit_scale: float, softcap: float | None, temperature: float):
-    """TRL's logit transform (scale, soft cap, temperature) and its derivative; None for the
-    identity, which Gemma 3 uses (no soft cap since Gemma 2)."""
-    if logit_scale == 1 and softcap is None and temperature == 1:
-        return raw, None
-    scaled = raw * logit_scale
-    derivative = logit_scale / temperature
-    if softcap is None:
-        return scaled / temperature, derivative
-    capped = torch.tanh(scaled / softcap)
-    return softcap * capped / temperature, derivative * (1 - capped * capped)
+def _chunks(count: int) -> Iterator[slice]:
+    """Slices of at most TOKENS_PER_CHUNK positions; one empty slice when there are none (a
+    batch without labels still returns a differentiable result)."""
+    for start in range(0, max(count, 1), TOKENS_PER_CHUNK):
+        yield slice(start, min(start + TOKENS_PER_CHUNK, count))
 
 
-def _softmax(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax over the vocabulary and its log normaliser."""
-    top = logits.amax(-1)
-    exps = torch.sub(logits, top.unsqueeze(-1)).exp_()
-    total = _sum_in_tiles(exps)
-    exps.div_(total.unsqueeze(-1))
-    return exps, top + torch.log(total)
+class _Transform:
+    """TRL's logit transform (scale, soft cap, temperature) and its derivative; the identity
+    (derivative None) for Gemma 3, which has no soft cap since Gemma 2."""
+
+    def __init__(self, logit_scale: float, softcap: float | None, temperature: float) -> None:
+        self.scale, self.softcap, self.temperature = logit_scale, softcap, temperature
+        self.identity = logit_scale == 1 and softcap is None and temperature == 1
+
+    def __call__(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.identity:
+            return raw, None
+        scaled = raw * self.scale
+        derivative = self.scale / self.temperature
+        if self.softcap is None:
+            return scaled / self.temperature, torch.full_like(raw, derivative)
+        capped = torch.tanh(scaled / self.softcap)
+        return self.softcap * capped / self.temperature, derivative * (1 - capped * capped)
 
 
-def _sum_in_tiles(values: torch.Tensor, tile: int = 4096) -> torch.Tensor:
-    """Row sums in two levels, tiles then the tiles' sums. One fp32 running sum over 262,144
-    exponentials is off by up to 1e-4 in the log-probabilities (TRL's tiled sums: 5e-6), enough
-    to move a training curve by a percent within ten steps."""
-    rows, width = values.shape
-    whole = width // tile * tile
-    tiled = values[:, :whole].reshape(rows, -1, tile).sum(-1).sum(-1)
-    return tiled + values[:, whole:].sum(-1)
+class _ChunkScan:
+    """One chunk of positions scanned over the vocabulary a tile at a time with a running
+    maximum (the online softmax): sums of exponentials, and of what the optional outputs and
+    the gradient need, are rescaled whenever the maximum grows. No `[positions, vocabulary]`
+    buffer is ever built, and a head stored in bf16 is upcast one tile at a time."""
 
+    def __init__(self, hidden, targets, transform: _Transform, want_grad: bool, outputs) -> None:
+        count, width = hidden.shape
+        self.hidden, self.targets, self.transform, self.outputs = (
+            hidden,
+            targets,
+            transform,
+            outputs,
+        )
+        zeros = hidden.new_zeros(count, dtype=torch.float32)
+        self.top = torch.full_like(zeros, -torch.inf)  # running maximum logit
+        self.total = zeros.clone()  # sum of exp(logit - top)
+        self.weighted = zeros.clone()  # sum of exp(logit - top) * logit (entropy)
+        self.squares = zeros.clone()  # sum of exp(2 (logit - top))  (log_sum_sq_probs)
+        self.logit_sum = zeros.clone()  # mean_logits
+        self.best = torch.full_like(zeros, -torch.inf)  # is_top1: the first maximum's word
+        self.best_word = torch.zeros_like(targets)
+        # sum of exp(logit - top) * d logit / d hidden: the softmax part of the gradient
+        self.grad_sum = hidden.new_zeros(count, width) if want_grad else None
 
-def _optional_outputs(extra: dict, rows: slice, logits, softmax, log_z, targets) -> None:
-    """Fill the outputs TRL asked for from one chunk's logits and softmax."""
-    if "entropy" in extra:  # -sum p log p, with log p = logits - log_z
-        extra["entropy"][rows] = log_z - torch.linalg.vecdot(softmax, logits)
-    if "log_sum_sq_probs" in extra:
-        extra["log_sum_sq_probs"][rows] = torch.log(torch.linalg.vecdot(softmax, softmax))
-    if "mean_logits" in extra:
-        extra["mean_logits"][rows] = logits.mean(-1)
-    if "is_top1" in extra:
-        # the first maximum, as TRL counts it: a tie with an earlier word is not a hit
-        extra["is_top1"][rows] = logits.argmax(-1) == targets
+    def run(self, weight: torch.Tensor, bias: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        vocabulary = weight.shape[0]
+        for start in range(0, vocabulary, VOCABULARY_TILE):
+            words = slice(start, min(start + VOCABULARY_TILE, vocabulary))
+            tile = weight[words].to(self.hidden.dtype)
+            self._add_tile(start, tile, None if bias is None else bias[words])
+        return self._results(weight, bias, vocabulary)
+
+    def _add_tile(self, start: int, tile: torch.Tensor, bias: torch.Tensor | None) -> None:
+        # [t, H] @ [H, n], read transposed: faster on a CPU than [n, H] @ [H, t] for few rows
+        raw = (tile @ self.hidden.t()).t().float()
+        if bias is not None:
+            raw = raw + bias.float()
+        logits, slope = self.transform(raw)
+        top = torch.maximum(self.top, logits.amax(-1))
+        rescale = torch.exp(self.top - top)
+        exps = torch.sub(logits, top.unsqueeze(-1)).exp_()
+        self.total = self.total * rescale + exps.sum(-1)
+        if "entropy" in self.outputs:
+            self.weighted = self.weighted * rescale + torch.linalg.vecdot(exps, logits)
+        if "log_sum_sq_probs" in self.outputs:
+            self.squares = self.squares * rescale**2 + torch.linalg.vecdot(exps, exps)
+        if "mean_logits" in self.outputs:
+            self.logit_sum += logits.sum(-1)
+        if "is_top1" in self.outputs:  # a tie with an earlier word keeps the earlier word
+            tile_best, tile_word = logits.max(-1)
+            better = tile_best > self.best
+            self.best = torch.where(better, tile_best, self.best)
+            self.best_word = torch.where(better, tile_word + start, self.best_word)
+        if self.grad_sum is not None:
+            weights = exps if slope is None else exps * slope
+            self.grad_sum.mul_(rescale.unsqueeze(-1).to(tile.dtype))
+            self.grad_sum.addmm_(weights.to(tile.dtype), tile)
+        self.top = top
+
+    def _results(self, weight, bias, vocabulary: int) -> dict[str, torch.Tensor]:
+        target_rows = weight[self.targets].to(self.hidden.dtype)
+        raw = torch.linalg.vecdot(self.hidden, target_rows).float()
+        if bias is not None:
+            raw = raw + bias[self.targets].float()
+        target_logit, target_slope = self.transform(raw)
+        log_z = self.top + torch.log(self.total)
+        results = {"log_probs": target_logit - log_z}
+        if "entropy" in self.outputs:
+            results["entropy"] = log_z - self.weighted / self.total
+        if "log_sum_sq_probs" in self.outputs:
+            results["log_sum_sq_probs"] = torch.log(self.squares) - 2 * torch.log(self.total)
+        if "mean_logits" in self.outputs:
+            results["mean_logits"] = self.logit_sum / vocabulary
+        if "is_top1" in self.outputs:
+            results["is_top1"] = self.best_word == self.targets
+        if self.grad_sum is not None:
+            # d log p(target) / d hidden = d logit_target / d hidden - E_softmax[d logit / d hidden]
+            if target_slope is not None:
+                target_rows = target_rows * target_slope.unsqueeze(-1).to(target_rows.dtype)
+            total = self.total.unsqueeze(-1).to(self.grad_sum.dtype)
+            results["hidden_grad"] = target_rows - self.grad_sum / total
+        return results

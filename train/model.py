@@ -6,6 +6,9 @@
 - `dequantized`: a compressed-tensors checkpoint (the W4A16 base vLLM serves) unpacked to the
   compute dtype. PEFT cannot wrap the packed layers, and an adapter trained on the very weights
   that are served gives the same outputs in vLLM as in training.
+
+With `none` and `dequantized` on a CPU in fp32, the frozen tied embedding of a bf16 checkpoint
+stays in bf16 (`gemlora.train.bf16_embedding`).
 """
 
 from __future__ import annotations
@@ -42,9 +45,16 @@ def resolve_dtype(compute_dtype: str) -> str:
 
 def load_base(settings: BaseSection, spec: BaseSpec) -> LoadedBase:
     """Load the base model and its processor for training."""
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
+    import torch
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+    )
 
     from gemlora.data import load_token_counter
+    from gemlora.train.bf16_embedding import can_keep_bf16_embedding, keep_bf16_embedding
 
     revision = settings.revision or spec.revision
     if revision == spec.revision:
@@ -55,13 +65,28 @@ def load_base(settings: BaseSection, spec: BaseSpec) -> LoadedBase:
         processor = AutoProcessor.from_pretrained(spec.location, revision=revision)
     multimodal = hasattr(processor, "image_processor")
     model_class = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
+    compute_dtype = torch_dtype(settings.compute_dtype)
+    quantization = quantization_config(settings, spec)
+    config = AutoConfig.from_pretrained(spec.location, revision=revision)
+    # A CPU fp32 run of a bf16 checkpoint: the frozen 262k-word embedding stays in bf16. An
+    # unquantized checkpoint also loads in bf16 (read, not mapped) and is upcast afterwards.
+    bf16_embedding = (
+        settings.quantization in ("none", "dequantized")
+        and _device_map() is None
+        and not sharded_training()
+        and can_keep_bf16_embedding(config, compute_dtype)
+    )
+    load_in_bf16 = bf16_embedding and quantization is None
     model = model_class.from_pretrained(
         spec.location,
         revision=revision,
-        dtype=torch_dtype(settings.compute_dtype),
-        quantization_config=quantization_config(settings, spec),
+        dtype=torch.bfloat16 if load_in_bf16 else compute_dtype,
+        disable_mmap=load_in_bf16,
+        quantization_config=quantization,
         device_map=_device_map(),
     )
+    if bf16_embedding:
+        keep_bf16_embedding(model, compute_dtype)
     if settings.quantization == "bnb-nf4":
         keep_nf4_trainable_on_cpu(model)
     return LoadedBase(model, processor, spec, multimodal)

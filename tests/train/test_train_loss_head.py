@@ -176,6 +176,42 @@ def test_cpu_kernel_equals_trls_kernel(temperature, softcap, logit_scale):
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
 
 
+def test_cpu_kernel_reads_a_bf16_head_as_its_fp32_upcast():
+    """A head kept in bf16 (an fp32 run's tied embedding) gives exactly what its fp32 upcast
+    gives: tiles are upcast, never the computation downcast."""
+    torch.manual_seed(0)
+    weight = (torch.randn(10_000, 32) * 0.2).bfloat16()
+    hidden, targets = torch.randn(9, 32), torch.randint(0, 10_000, (9,))
+    outputs = ("log_probs", "entropy", "is_top1")
+    results, grads = [], []
+    for head in (weight, weight.float()):
+        leaf = hidden.clone().requires_grad_()
+        result = CpuLabelledLogProbs.apply(leaf, head, None, targets, 1.0, 0, None, 1.0, outputs)
+        result[0].sum().backward()
+        results.append(result)
+        grads.append(leaf.grad)
+    for ours, upcast in zip(*results, strict=True):
+        assert (ours is None and upcast is None) or torch.equal(ours, upcast)
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_cpu_kernel_without_labelled_positions_keeps_the_graph():
+    leaf = torch.randn(0, 16, requires_grad=True)
+    log_probs, *_ = CpuLabelledLogProbs.apply(
+        leaf,
+        torch.randn(100, 16),
+        None,
+        torch.zeros(0, dtype=torch.long),
+        1.0,
+        0,
+        None,
+        1.0,
+        ("log_probs",),
+    )
+    log_probs.sum().backward()
+    assert log_probs.shape == (0,) and leaf.grad.shape == (0, 16)
+
+
 def test_labelled_only_loss_and_gradients_equal_the_full_head(model, tokenizer):
     batch = padded_batch(tokenizer)
     full = loss_and_grads(model, batch)
