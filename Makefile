@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 GEMLORA := .venv/bin/gemlora
 
-.PHONY: install models data demo demo-stop lint test test-fast bench-gateway bench-train clean help
+.PHONY: install models data demo demo-stop lint test test-fast bench-gateway bench-serving bench-train clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ test-fast: install  ## tests that need no vLLM engine
 
 bench-gateway: install  ## gateway overhead vs vLLM directly at 1/8/32 clients (JSON; ~10 min)
 	$(PY) benchmarks/gateway.py --out benchmarks/results/gateway.json
+
+bench-serving: install  ## base vs 1 vs N adapters, vLLM's vs gemlora's CPU LoRA kernels (JSON + PNG; ~15 min)
+	$(PY) benchmarks/serving.py --out benchmarks/results/serving.json
 
 bench-train: install  ## gemlora's trainer vs plain TRL: step time, memory, loss curves (JSON + PNG; ~20 min)
 	$(PY) benchmarks/train.py --out benchmarks/results/train.json

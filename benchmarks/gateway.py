@@ -152,15 +152,18 @@ async def measure_all(direct_url: str, gateway_url: str, key: str, requests: int
 # --- the processes ---------------------------------------------------------------------------
 
 
-def serve_gateway(engine_url: str, port: int) -> None:
+def serve_gateway(engine_url: str, port: int, base: str = BASE) -> None:
     """The child process: the gateway as `gemlora serve` runs it (keys from $GEMLORA_API_KEYS,
     access log on)."""
     from gemlora.serve.gateway import GatewayConfig, GatewaySettings, run_gateway
 
-    run_gateway(GatewaySettings(GatewayConfig(port=port), engine_url=engine_url, base=BASE))
+    run_gateway(GatewaySettings(GatewayConfig(port=port), engine_url=engine_url, base=base))
 
 
-def start_gateway(engine_url: str, key: str, log_dir: Path) -> tuple[subprocess.Popen, str]:
+def start_gateway(
+    engine_url: str, key: str, log_dir: Path, base: str = BASE
+) -> tuple[subprocess.Popen, str]:
+    """The gateway in its own process in front of `engine_url`, accepting `key`; its URL."""
     from gemlora.serve.gateway import hash_key
 
     port = free_port()
@@ -168,7 +171,7 @@ def start_gateway(engine_url: str, key: str, log_dir: Path) -> tuple[subprocess.
     env = dict(os.environ, GEMLORA_API_KEYS=json.dumps(keys))
     log = (log_dir / "gateway.log").open("ab")
     process = subprocess.Popen(
-        [sys.executable, __file__, "--serve-gateway", engine_url, str(port)],
+        [sys.executable, __file__, "--serve-gateway", engine_url, str(port), base],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -206,11 +209,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="Also write the JSON here.")
     parser.add_argument("--engine-url", help="Use a running engine serving tiny-gemma-3-mm.")
     parser.add_argument(
-        "--serve-gateway", nargs=2, metavar=("ENGINE_URL", "PORT"), help=argparse.SUPPRESS
+        "--serve-gateway", nargs=3, metavar=("ENGINE_URL", "PORT", "BASE"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.serve_gateway:
-        serve_gateway(args.serve_gateway[0], int(args.serve_gateway[1]))
+        serve_gateway(args.serve_gateway[0], int(args.serve_gateway[1]), args.serve_gateway[2])
         return
 
     from gemlora.serve.engine import EngineConfig, start_engine

@@ -21,10 +21,11 @@ from typing import Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from gemlora.adapters import RegistryConfig
+from gemlora.adapters import RegistryConfig, parse_ref
 from gemlora.bases import BaseSpec, resolve_base
 from gemlora.paths import gemlora_home
 from gemlora.precision import resolve_precision
+from gemlora.serve.hot_adapters import is_glob
 from gemlora.serve.lora_routing import MIDDLEWARE, ROUTING_ENV, RoutingConfig
 
 NO_MEDIA_DOMAIN = "gemlora.invalid"
@@ -56,8 +57,21 @@ class EngineConfig(BaseModel):
     max_num_seqs: int = Field(default=16, ge=1, description="Sequences batched together.")
     enable_lora: bool = Field(default=True, description="Serve LoRA adapters (--enable-lora).")
     max_lora_rank: int = Field(default=16, description=f"One of {LORA_RANKS}.")
-    max_loras: int = Field(default=4, ge=1, description="Adapters in one batch.")
-    max_cpu_loras: int = Field(default=8, ge=1, description="Adapters kept loaded in memory.")
+    max_loras: int = Field(
+        default=8,
+        ge=1,
+        description="Adapters in one batch; requests for more wait for a slot (size it to the "
+        "adapters that are busy at once: README, Serving speed).",
+    )
+    max_cpu_loras: int = Field(
+        default=16, ge=1, description="Adapters kept loaded in memory (at least max_loras)."
+    )
+    hot_adapters: list[str] = Field(
+        default_factory=list,
+        description="Registry references or name globs (`support-*@champion`) loaded and pinned "
+        "from start-up, so that their first request costs what a warm one does; a moved alias "
+        "is loaded before requests move to it. Needs fewer than max_loras of them.",
+    )
     max_images_per_prompt: int = Field(
         default=8, ge=0, description="Images in one request (multimodal bases)."
     )
@@ -76,6 +90,16 @@ class EngineConfig(BaseModel):
     def model_post_init(self, _context) -> None:
         if self.max_lora_rank not in LORA_RANKS:
             raise ValueError(f"max_lora_rank must be one of {LORA_RANKS}, got {self.max_lora_rank}")
+        if self.hot_adapters and not self.enable_lora:
+            raise ValueError("hot_adapters needs enable_lora: true")
+        for ref in self.hot_adapters:
+            if not is_glob(ref):
+                parse_ref(ref)  # InvalidRefError (a ValueError) names what is wrong
+        if len([ref for ref in self.hot_adapters if not is_glob(ref)]) >= self.max_loras:
+            raise ValueError(
+                f"hot_adapters: {len(self.hot_adapters)} pinned adapters need max_loras of at "
+                f"least {len(self.hot_adapters) + 1} (one slot stays free for the others)"
+            )
 
     @property
     def url(self) -> str:
@@ -138,7 +162,11 @@ def engine_env(config: EngineConfig, registry: RegistryConfig | None = None) -> 
     env = dict(os.environ)
     if config.enable_lora and registry is not None:
         routing = RoutingConfig(
-            registry=registry, served_base=config.base, max_lora_rank=config.max_lora_rank
+            registry=registry,
+            served_base=config.base,
+            max_lora_rank=config.max_lora_rank,
+            max_loras=config.max_loras,
+            hot_adapters=config.hot_adapters,
         )
         env[ROUTING_ENV] = routing.to_env()
         # An unreachable registry must fail a request in seconds, not after minutes of retries.
@@ -199,6 +227,8 @@ def start_engine(
 ) -> Engine:
     """Start vLLM on `config.base`; with `registry`, request model names that are not the base
     are adapter references resolved through it (see `gemlora.serve.lora_routing`)."""
+    if config.hot_adapters and registry is None:
+        raise ValueError("engine.hot_adapters needs a registry to resolve them through")
     spec = resolve_base(config.base)
     log_path = log_path or gemlora_home() / "logs" / f"engine-{config.port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)

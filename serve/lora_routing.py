@@ -38,6 +38,7 @@ from gemlora.adapters import (
     ResolvedAdapter,
 )
 from gemlora.serve.errors import error_body
+from gemlora.serve.hot_adapters import HotAdapters
 
 logger = logging.getLogger("gemlora.routing")
 
@@ -54,6 +55,8 @@ class RoutingConfig(BaseModel):
     registry: RegistryConfig
     served_base: str
     max_lora_rank: int
+    max_loras: int = 4
+    hot_adapters: list[str] = []
 
     def to_env(self) -> str:
         return self.model_dump_json()
@@ -64,6 +67,7 @@ class AdapterRouter:
     registry: AdapterRegistry
     served_base: str
     max_lora_rank: int
+    hot: HotAdapters | None = None
 
     def resolve(self, ref: str) -> ResolvedAdapter:
         return self.registry.resolve(ref, base=self.served_base, max_lora_rank=self.max_lora_rank)
@@ -76,7 +80,25 @@ def router_from_env() -> AdapterRouter | None:
     if not raw:
         return None
     config = RoutingConfig.model_validate_json(raw)
-    return AdapterRouter(AdapterRegistry(config.registry), config.served_base, config.max_lora_rank)
+    _log_to_engine_log()
+    router = AdapterRouter(
+        AdapterRegistry(config.registry), config.served_base, config.max_lora_rank
+    )
+    if config.hot_adapters:
+        refresh_s = config.registry.alias_ttl_s
+        router.hot = HotAdapters(router, config.hot_adapters, refresh_s, config.max_loras)
+    return router
+
+
+def _log_to_engine_log() -> None:
+    """vLLM configures only its own loggers; gemlora's (routing, hot adapters) write to stderr,
+    which is the engine's log."""
+    root = logging.getLogger("gemlora")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [%(name)s] %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
 
 
 def _vllm_resolver_class():
@@ -136,6 +158,8 @@ class AdapterRoutingMiddleware:
         self.router = router_from_env()
 
     async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan" and self.router is not None and self.router.hot:
+            return await self.app(scope, receive, self._starting_hot_adapters(scope, send))
         if (
             self.router is None
             or scope["type"] != "http"
@@ -159,12 +183,35 @@ class AdapterRoutingMiddleware:
             logger.warning("refused model %r: %s", model, error)
             return routing_error(error)
         loaded = serving_models.lora_requests.get(model)
+        if self.router.hot is not None and self.router.hot.is_hot(model):
+            return None  # a moved hot alias keeps its old version until the new one is loaded
         if loaded is not None and loaded.lora_path != str(adapter.path):
             # The name now means another version (a moved alias): let vLLM resolve it again.
             async with serving_models.lora_resolver_lock[model]:
                 serving_models.lora_requests.pop(model, None)
             logger.info("%r moved to %s", model, adapter.version_ref)
         return None
+
+    def _starting_hot_adapters(self, scope, send):
+        """`send` for the lifespan: vLLM's start-up completes only once the hot adapters are
+        loaded and pinned (a failure fails the start-up, naming the adapter); then they are
+        refreshed in the background until shutdown."""
+        hot = self.router.hot
+        watcher: list[asyncio.Task] = []
+
+        async def lifespan_send(message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                try:
+                    await hot.start(scope["app"].state.openai_serving_models)
+                except Exception as error:
+                    logger.error("%s", error)
+                    return await send({"type": "lifespan.startup.failed", "message": str(error)})
+                watcher.append(asyncio.create_task(hot.watch()))
+            elif message["type"].startswith("lifespan.shutdown") and watcher:
+                watcher.pop().cancel()
+            await send(message)
+
+        return lifespan_send
 
 
 async def _read_body(receive) -> bytes:

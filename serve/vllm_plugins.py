@@ -38,6 +38,23 @@ def install_cpu_wna16_fallback() -> None:
     register_if_missing()
 
 
+def install_cpu_lora_grouping() -> None:
+    """Multi-LoRA on vLLM's CPU platform with one matmul per adapter in a batch instead of a
+    copy of the weights per token; see `gemlora.serve.cpu_lora`. `GEMLORA_CPU_LORA=vllm` keeps
+    vLLM's own kernels (the serving benchmark compares both)."""
+    import os
+
+    if os.environ.get("GEMLORA_CPU_LORA") == "vllm" or importlib.util.find_spec("vllm") is None:
+        return
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    from gemlora.serve.cpu_lora import QUALNAME
+
+    type(current_platform).get_punica_wrapper = classmethod(lambda _cls: QUALNAME)
+
+
 def install_lora_resolver() -> None:
     """Route request model names to registry adapters when the launcher configured a registry
     (see `gemlora.serve.lora_routing`)."""

@@ -6,6 +6,7 @@ start on 2 cores, so each base gets at most one engine per session, shared by ev
 """
 
 import ipaddress
+import json
 import os
 import socket
 from collections.abc import Iterator
@@ -51,18 +52,20 @@ class EnginePool:
         self.registry = registry
         self.engines: dict[str, object] = {}  # least recently used first
 
-    def get(self, base: str):
+    def get(self, base: str, **settings):
+        """The engine for `base`, with `EngineConfig` `settings` beyond the pool's defaults."""
         from gemlora.serve.engine import EngineConfig, start_engine
 
-        if base in self.engines:
-            self.engines[base] = self.engines.pop(base)
-            return self.engines[base]
+        key = json.dumps([base, settings], sort_keys=True)
+        if key in self.engines:
+            self.engines[key] = self.engines.pop(key)
+            return self.engines[key]
         while len(self.engines) >= MAX_LIVE_ENGINES:
             self.engines.pop(next(iter(self.engines))).stop()
-        config = EngineConfig(base=base, port=free_port(), max_num_seqs=8)
-        log = self.log_dir / f"engine-{base}.log"
-        self.engines[base] = start_engine(config, log, registry=self.registry)
-        return self.engines[base]
+        config = EngineConfig(**({"base": base, "port": free_port(), "max_num_seqs": 8} | settings))
+        log = self.log_dir / f"engine-{base}-{len(key)}-{config.port}.log"
+        self.engines[key] = start_engine(config, log, registry=self.registry)
+        return self.engines[key]
 
     def stop_all(self) -> None:
         while self.engines:

@@ -84,6 +84,7 @@ def test_distribution_installs_only_the_gemlora_package():
 
     setuptools = tomllib.loads(project_file.read_text())["tool"]["setuptools"]
     assert {package.split(".")[0] for package in setuptools["packages"]} == {"gemlora"}
-    for name in ("gemlora_cpu_image_processor", "gemlora_cpu_wna16", "gemlora_lora_resolver"):
+    plugins = ("gemlora_cpu_image_processor", "gemlora_cpu_lora", "gemlora_cpu_wna16")
+    for name in (*plugins, "gemlora_lora_resolver"):
         (entry,) = metadata.entry_points(group="vllm.general_plugins", name=name)
         assert entry.value.startswith("gemlora.serve."), entry.value

@@ -1,0 +1,385 @@
+"""Serving over many adapters: throughput and latency of the base, one adapter and N adapters
+mixed, on the shipped serve config and its variants, in one run, alternating.
+
+    python benchmarks/serving.py                  # or: make bench-serving
+    python benchmarks/serving.py --rounds 1 --requests 16 --mixed 2,8
+
+Everything runs on this machine: an MLflow registry on loopback, `--adapters` random r=16
+adapters on every projection registered in it (as `bench-K@champion`), and three vLLM engines on
+the base of `configs/serve/demo.yaml`, all routing adapter names through the registry:
+
+- `shipped`: the demo config's engine section as it is (its `max_loras`, `auto` precision,
+  gemlora's CPU LoRA kernels);
+- `max_loras>=N`: the same with `max_loras` above the largest N, and hot adapters
+  (`bench-hot-*@champion`, loaded and pinned at start-up);
+- `vllm kernels`: as `max_loras>=N`, with vLLM's own CPU LoRA kernels (`GEMLORA_CPU_LORA=vllm`);
+
+and the gateway in front of `shipped` (`via gateway`).
+
+Throughput: for each workload (the base; one adapter; N adapters mixed, request i naming
+adapter i mod N), rounds alternate over the four targets so drift hits all alike. A round is
+`--requests` streamed chat requests from `--clients` closed-loop clients, each answer exactly
+`--tokens` tokens (`ignore_eos`; the gateway's contract has no such field, so its answers may
+end early and its tokens/s counts what it generated). Reported: output tokens/s, time to first
+token p50/p99, and tokens/s as a ratio to the base on the same target.
+
+First requests, one client at a time, each against a warm request just after it: an adapter
+registered during the run (resolved, downloaded and loaded by that request), and a hot adapter
+never requested before.
+
+JSON on stdout and in benchmarks/results/serving.json, a chart beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from gateway import free_port, start_gateway  # noqa: E402  (the gateway benchmark's helpers)
+
+SHIPPED_CONFIG = REPO / "configs/serve/demo.yaml"
+PROMPT = "Write a short paragraph about lighthouses and the people who kept them."
+LORA_TARGETS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+HOT = 3  # hot adapters, each measured once on its first request
+NEW = 3  # adapters registered during the run
+ALIAS_TTL_S = 5.0
+REPORTED_SETTINGS = {"max_loras", "max_cpu_loras", "dtype", "hot_adapters"}
+
+
+# --- adapters, registry, engines ---------------------------------------------------------------
+
+
+def write_adapters(base: str, names: list[str], rank: int, out: Path) -> dict[str, Path]:
+    """A PEFT adapter per name, with seeded random A and B matrices (B non-zero, so adapters
+    differ from the base and from each other)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from gemlora.bases import resolve_base
+    from gemlora.train.bases import build_model
+
+    build_model("gemma-3-270m")  # the W4A16 base's adapters are trained on the bf16 model
+    location = resolve_base("gemma-3-270m").location
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.bfloat16)
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS)
+    adapted = get_peft_model(model, config)
+    paths = {}
+    for seed, name in enumerate(names):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for parameter_name, parameter in adapted.named_parameters():
+                if "lora_" in parameter_name:
+                    parameter.normal_(std=0.02)
+        paths[name] = out / name
+        adapted.save_pretrained(paths[name])
+    return paths
+
+
+def register(registry, base: str, adapters: dict[str, Path]) -> None:
+    from gemlora.adapters import AdapterMetadata
+
+    for name, path in adapters.items():
+        registry.register(path, name, AdapterMetadata(base=base), alias="champion")
+
+
+def engine_configs(shipped, largest_mix: int) -> dict[str, tuple[object, dict[str, str]]]:
+    """label -> (EngineConfig, extra environment)."""
+    roomy = largest_mix + HOT + 1
+    wide = {"max_loras": roomy, "max_cpu_loras": max(roomy, shipped.max_cpu_loras)}
+    hot = {"hot_adapters": ["bench-hot-*@champion"]}
+    return {
+        "shipped": (shipped.model_copy(update={"port": free_port()}), {}),
+        f"max_loras>={largest_mix}": (
+            shipped.model_copy(update={"port": free_port(), **wide, **hot}),
+            {},
+        ),
+        "vllm kernels": (
+            shipped.model_copy(update={"port": free_port(), **wide}),
+            {"GEMLORA_CPU_LORA": "vllm"},
+        ),
+    }
+
+
+def start_engines(configs: dict, registry_config, log_dir: Path) -> dict:
+    from gemlora.serve.engine import start_engine
+
+    engines = {}
+    for label, (config, env) in configs.items():
+        print(f"starting the {label!r} engine (logs in {log_dir}) ...", file=sys.stderr)
+        saved = {key: os.environ.get(key) for key in env}
+        os.environ.update(env)
+        try:
+            log = log_dir / f"engine-{len(engines)}.log"
+            engines[label] = start_engine(config, log, registry=registry_config)
+        finally:
+            for key, value in saved.items():
+                os.environ.pop(key) if value is None else os.environ.update({key: value})
+    return engines
+
+
+# --- requests ----------------------------------------------------------------------------------
+
+
+def chat_body(model: str, tokens: int, stream: bool, fixed_length: bool = True) -> dict:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": tokens,
+        "temperature": 0,
+        "top_p": 1.0,
+        "stream": stream,
+    }
+    if fixed_length:
+        body["ignore_eos"] = True  # vLLM's extra parameter: every answer is `tokens` long
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+async def stream_one(client: httpx.AsyncClient, target: dict, model: str, tokens: int) -> dict:
+    started = time.perf_counter()
+    first, generated = None, 0
+    body = chat_body(model, tokens, stream=True, fixed_length=target["fixed_length"])
+    url = target["url"]
+    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"{model} at {url}: {response.status_code} {await response.aread()}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            event = json.loads(line[6:])
+            choices = event.get("choices") or []
+            if first is None and choices and choices[0]["delta"].get("content"):
+                first = time.perf_counter() - started
+            if event.get("usage"):
+                generated = event["usage"]["completion_tokens"]
+    return {"ttft": first, "tokens": generated}
+
+
+async def run_round(target, models: list[str], clients: int, requests: int, tokens: int) -> dict:
+    """`requests` requests from `clients` closed-loop clients, the i-th naming models[i % N]."""
+    results: list[dict] = []
+    queue = list(range(requests))
+    async with httpx.AsyncClient(timeout=600, headers=target["headers"]) as client:
+
+        async def worker() -> None:
+            while queue:
+                index = queue.pop(0)
+                model = models[index % len(models)]
+                results.append(await stream_one(client, target, model, tokens))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return {"results": results, "seconds": elapsed}
+
+
+async def one_request_s(url: str, model: str, tokens: int) -> float:
+    async with httpx.AsyncClient(timeout=600) as client:
+        started = time.perf_counter()
+        response = await client.post(
+            f"{url}/v1/chat/completions", json=chat_body(model, tokens, stream=False)
+        )
+        response.raise_for_status()
+        return time.perf_counter() - started
+
+
+# --- measurements ------------------------------------------------------------------------------
+
+
+async def throughput(targets: dict, workloads: dict, options) -> dict:
+    report: dict = {}
+    for workload, models in workloads.items():
+        runs = {label: {"results": [], "seconds": 0.0} for label in targets}
+        for target in targets.values():  # warm every adapter of the workload on every target
+            await run_round(target, models, options.clients, len(models), 2)
+        for _ in range(options.rounds):
+            for label, target in targets.items():
+                run = await run_round(
+                    target, models, options.clients, options.requests, options.tokens
+                )
+                runs[label]["results"] += run["results"]
+                runs[label]["seconds"] += run["seconds"]
+        report[workload] = {
+            label: summarise(run, options.tokens, targets[label]["fixed_length"])
+            for label, run in runs.items()
+        }
+        print(workload, json.dumps(report[workload]), file=sys.stderr)
+    for figures in report.values():
+        for label, row in figures.items():
+            base_rate = report["base"][label]["tokens_per_s"]
+            row["ratio_to_base"] = round(row["tokens_per_s"] / base_rate, 3)
+    return report
+
+
+def summarise(run: dict, tokens: int, fixed_length: bool) -> dict:
+    generated = [result["tokens"] for result in run["results"]]
+    if fixed_length and any(count != tokens for count in generated):
+        raise RuntimeError(f"answers of {set(generated)} tokens, expected {tokens} (ignore_eos)")
+    ttft = [result["ttft"] for result in run["results"]]
+    return {
+        "tokens_per_s": round(sum(generated) / run["seconds"], 2),
+        "ttft_p50_s": round(percentile(ttft, 50), 3),
+        "ttft_p99_s": round(percentile(ttft, 99), 3),
+        "requests": len(generated),
+    }
+
+
+def percentile(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+async def first_requests(engine, registry, base: str, new_adapters: dict, options) -> dict:
+    """First request against the warm one right after it: adapters registered now, and hot
+    adapters never requested before."""
+    tokens = 8
+    cold = []
+    for name, path in new_adapters.items():
+        await asyncio.to_thread(register, registry, base, {name: path})
+        first = await one_request_s(engine.url, f"{name}@champion", tokens)
+        warm = await one_request_s(engine.url, f"{name}@champion", tokens)
+        cold.append({"first_s": first, "warm_s": warm})
+    hot = []
+    for index in range(HOT):
+        model = f"bench-hot-{index}@champion"
+        first = await one_request_s(engine.url, model, tokens)
+        warm = await one_request_s(engine.url, model, tokens)
+        hot.append({"first_s": first, "warm_s": warm})
+    return {"tokens": tokens, "newly_registered": describe(cold), "hot": describe(hot)}
+
+
+def describe(samples: list[dict]) -> dict:
+    extra = [s["first_s"] - s["warm_s"] for s in samples]
+    ratio = [s["first_s"] / s["warm_s"] for s in samples]
+    return {
+        "extra_s_median": round(statistics.median(extra), 3),
+        "first_over_warm_median": round(statistics.median(ratio), 3),
+        "samples": [{k: round(v, 3) for k, v in s.items()} for s in samples],
+    }
+
+
+def chart(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = list(report)
+    labels = list(report[workloads[0]])
+    figure, axis = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(labels)
+    for index, label in enumerate(labels):
+        values = [report[workload][label]["tokens_per_s"] for workload in workloads]
+        offsets = [i + (index - (len(labels) - 1) / 2) * width for i in range(len(workloads))]
+        axis.bar(offsets, values, width, label=label)
+    axis.set_xticks(range(len(workloads)), workloads, rotation=15)
+    axis.set_ylabel("output tokens/s")
+    axis.set_title("vLLM on this CPU: base, one adapter, N adapters mixed")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per workload")
+    parser.add_argument("--requests", type=int, default=32, help="requests per round")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients")
+    parser.add_argument("--tokens", type=int, default=32, help="tokens per answer")
+    parser.add_argument("--mixed", default="2,4,8,16", help="adapter counts of mixed workloads")
+    parser.add_argument("--rank", type=int, default=16, help="LoRA rank of the adapters")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/serving.json")
+    options = parser.parse_args()
+    mixed = [int(count) for count in options.mixed.split(",")]
+    report = asyncio.run(run(options, mixed))
+    text = json.dumps(report, indent=2)
+    print(text)
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(text + "\n")
+    chart(report["throughput"], options.out.with_suffix(".png"))
+    print(f"wrote {options.out} and {options.out.with_suffix('.png')}", file=sys.stderr)
+
+
+async def run(options, mixed: list[int]) -> dict:
+    from gemlora.adapters import AdapterRegistry, RegistryConfig
+    from gemlora.adapters.mlflow_server import start_mlflow_server
+    from gemlora.serve.config import load_serve_config
+    from gemlora.serve.gateway import new_key
+    from gemlora.train.bases import build_model
+
+    shipped = load_serve_config(SHIPPED_CONFIG).engine
+    base = shipped.base
+    build_model(base)
+    with tempfile.TemporaryDirectory(prefix="gemlora-bench-serving-") as scratch_dir:
+        scratch = Path(scratch_dir)
+        names = [f"bench-{i}" for i in range(max(mixed))]
+        names += [f"bench-hot-{i}" for i in range(HOT)] + [f"bench-new-{i}" for i in range(NEW)]
+        paths = write_adapters(base, names, options.rank, scratch / "adapters")
+        server = start_mlflow_server(scratch / "mlflow", port=free_port())
+        registry_config = RegistryConfig(
+            tracking_uri=server.url, cache_dir=scratch / "cache", alias_ttl_s=ALIAS_TTL_S
+        )
+        registry = AdapterRegistry(registry_config.model_copy(update={"cache_dir": scratch / "c"}))
+        register(registry, base, {n: p for n, p in paths.items() if not n.startswith("bench-new")})
+        configs = engine_configs(shipped, max(mixed))
+        engines = start_engines(configs, registry_config, scratch)
+        key = new_key()
+        gateway, gateway_url = start_gateway(engines["shipped"].url, key, scratch, base)
+        try:
+            targets = {
+                label: {"url": engine.url, "headers": {}, "fixed_length": True}
+                for label, engine in engines.items()
+            }
+            # The gateway's contract (the hosted reference's) has no `ignore_eos`: its answers
+            # may end early, and its tokens/s counts the tokens it did generate.
+            targets["via gateway"] = {
+                "url": gateway_url,
+                "headers": {"Authorization": f"Bearer {key}"},
+                "fixed_length": False,
+            }
+            workloads = {"base": [base], "1 adapter": ["bench-0@champion"]}
+            for count in mixed:
+                workloads[f"{count} mixed"] = [f"bench-{i}@champion" for i in range(count)]
+            new = {n: p for n, p in paths.items() if n.startswith("bench-new")}
+            hot_engine = engines[f"max_loras>={max(mixed)}"]
+            firsts = await first_requests(hot_engine, registry, base, new, options)
+            print("first requests", json.dumps(firsts), file=sys.stderr)
+            results = await throughput(targets, workloads, options)
+        finally:
+            gateway.terminate()
+            gateway.wait(timeout=30)
+            for engine in engines.values():
+                engine.stop()
+            server.stop()
+    return {
+        "base": base,
+        "shipped_config": str(SHIPPED_CONFIG.relative_to(REPO)),
+        "engines": {
+            label: config.model_dump(include=REPORTED_SETTINGS) | {"env": env}
+            for label, (config, env) in configs.items()
+        },
+        "options": {k: v for k, v in vars(options).items() if k != "out"},
+        "first_requests": firsts,
+        "throughput": results,
+    }
+
+
+if __name__ == "__main__":
+    main()
