@@ -23,8 +23,7 @@ import torch
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
 QUALNAME = "gemlora.serve.cpu_lora.GroupedPunicaWrapperCPU"
-# Under vLLM's logger, so that the line reaches the engine's log with vLLM's own.
-logger = logging.getLogger("vllm.gemlora.cpu_lora")
+logger = logging.getLogger("gemlora.cpu_lora")
 
 # (adapter slot, its tokens): a slice when the whole batch uses one adapter
 Group = tuple[int, slice | torch.Tensor]

@@ -39,6 +39,7 @@ from gemlora.adapters import (
 )
 from gemlora.serve.errors import error_body
 from gemlora.serve.hot_adapters import HotAdapters
+from gemlora.serve.vllm_plugins import log_to_engine_log
 
 logger = logging.getLogger("gemlora.routing")
 
@@ -80,7 +81,7 @@ def router_from_env() -> AdapterRouter | None:
     if not raw:
         return None
     config = RoutingConfig.model_validate_json(raw)
-    _log_to_engine_log()
+    log_to_engine_log()
     router = AdapterRouter(
         AdapterRegistry(config.registry), config.served_base, config.max_lora_rank
     )
@@ -88,17 +89,6 @@ def router_from_env() -> AdapterRouter | None:
         refresh_s = config.registry.alias_ttl_s
         router.hot = HotAdapters(router, config.hot_adapters, refresh_s, config.max_loras)
     return router
-
-
-def _log_to_engine_log() -> None:
-    """vLLM configures only its own loggers; gemlora's (routing, hot adapters) write to stderr,
-    which is the engine's log."""
-    root = logging.getLogger("gemlora")
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [%(name)s] %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
 
 
 def _vllm_resolver_class():

@@ -10,6 +10,19 @@ import sys
 GEMMA3_IMAGE_PROCESSOR_MODULE = "transformers.models.gemma3.image_processing_gemma3"
 
 
+def log_to_engine_log() -> None:
+    """vLLM configures only its own loggers: gemlora's (routing, hot adapters, CPU LoRA) write
+    to stderr, which is the engine's log."""
+    import logging
+
+    root = logging.getLogger("gemlora")
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [%(name)s] %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+
+
 def install_cpu_image_processor_hook() -> None:
     """Let vLLM's Gemma 3 multimodal model load where torchvision is missing.
 
@@ -52,6 +65,7 @@ def install_cpu_lora_grouping() -> None:
         return
     from gemlora.serve.cpu_lora import QUALNAME
 
+    log_to_engine_log()
     type(current_platform).get_punica_wrapper = classmethod(lambda _cls: QUALNAME)
 
 
@@ -64,4 +78,5 @@ def install_lora_resolver() -> None:
         return
     from gemlora.serve.lora_routing import register_resolver
 
+    log_to_engine_log()
     register_resolver()
