@@ -4,21 +4,24 @@ mixed, on the shipped serve config and its variants, in one run, alternating.
     python benchmarks/serving.py                  # or: make bench-serving
     python benchmarks/serving.py --rounds 1 --requests 16 --mixed 2,8
 
-Everything runs on this machine: an MLflow registry on loopback, `--adapters` random r=16
-adapters on every projection registered in it (as `bench-K@champion`), and three vLLM engines on
-the base of `configs/serve/demo.yaml`, all routing adapter names through the registry:
+Everything runs on this machine: an MLflow registry on loopback, random r=16 adapters on every
+projection registered in it (`bench-K@champion`), and vLLM engines on the base of
+`configs/serve/demo.yaml`, all routing adapter names through the registry:
 
 - `shipped`: the demo config's engine section as it is (its `max_loras`, `auto` precision,
   gemlora's CPU LoRA kernels);
-- `max_loras>=N`: the same with `max_loras` above the largest N, and hot adapters
+- `vllm kernels`: the same with vLLM's own CPU LoRA kernels (`GEMLORA_CPU_LORA=vllm`);
+- `max_loras>=N`: the same as `shipped` with `max_loras` above the largest N, and hot adapters
   (`bench-hot-*@champion`, loaded and pinned at start-up);
-- `vllm kernels`: as `max_loras>=N`, with vLLM's own CPU LoRA kernels (`GEMLORA_CPU_LORA=vllm`);
 
 and the gateway in front of `shipped` (`via gateway`).
 
-Throughput: for each workload (the base; one adapter; N adapters mixed, request i naming
-adapter i mod N), rounds alternate over the four targets so drift hits all alike. A round is
-`--requests` streamed chat requests from `--clients` closed-loop clients, each answer exactly
+Three fp32 engines do not fit in this machine's 24 GB, so it runs in two phases of two engines.
+Throughput, phase 1: for each workload (the base; one adapter; N adapters mixed, request i
+naming adapter i mod N), rounds alternate over `shipped`, `vllm kernels` and `via gateway` so
+drift hits all alike. Phase 2 replaces `vllm kernels` with `max_loras>=N` and alternates it with
+`shipped` on the base, one adapter and the largest mix. A round is `--requests` streamed chat
+requests from `--clients` closed-loop clients, each answer exactly
 `--tokens` tokens (`ignore_eos`; the gateway's contract has no such field, so its answers may
 end early and its tokens/s counts what it generated). Reported: output tokens/s, time to first
 token p50/p99, and tokens/s as a ratio to the base on the same target.
@@ -106,7 +109,7 @@ def engine_configs(shipped, largest_mix: int) -> dict[str, tuple[object, dict[st
             {},
         ),
         "vllm kernels": (
-            shipped.model_copy(update={"port": free_port(), **wide}),
+            shipped.model_copy(update={"port": free_port()}),
             {"GEMLORA_CPU_LORA": "vllm"},
         ),
     }
@@ -318,6 +321,9 @@ def main() -> None:
 
 
 async def run(options, mixed: list[int]) -> dict:
+    """Two phases, two engines alive at a time (three fp32 engines of 7-8 GB each do not fit
+    this 24 GB machine): 1. shipped vs vLLM's kernels vs the gateway over every workload; 2.
+    shipped vs `max_loras>=N` on the largest mix, and the first requests."""
     from gemlora.adapters import AdapterRegistry, RegistryConfig
     from gemlora.adapters.mlflow_server import start_mlflow_server
     from gemlora.serve.config import load_serve_config
@@ -327,26 +333,31 @@ async def run(options, mixed: list[int]) -> dict:
     shipped = load_serve_config(SHIPPED_CONFIG).engine
     base = shipped.base
     build_model(base)
+    configs = engine_configs(shipped, max(mixed))
+    wide = f"max_loras>={max(mixed)}"
+    workloads = {"base": [base], "1 adapter": ["bench-0@champion"]}
+    for count in mixed:
+        workloads[f"{count} mixed"] = [f"bench-{i}@champion" for i in range(count)]
     with tempfile.TemporaryDirectory(prefix="gemlora-bench-serving-") as scratch_dir:
         scratch = Path(scratch_dir)
         names = [f"bench-{i}" for i in range(max(mixed))]
         names += [f"bench-hot-{i}" for i in range(HOT)] + [f"bench-new-{i}" for i in range(NEW)]
         paths = write_adapters(base, names, options.rank, scratch / "adapters")
+        new = {n: p for n, p in paths.items() if n.startswith("bench-new")}
         server = start_mlflow_server(scratch / "mlflow", port=free_port())
         registry_config = RegistryConfig(
             tracking_uri=server.url, cache_dir=scratch / "cache", alias_ttl_s=ALIAS_TTL_S
         )
         registry = AdapterRegistry(registry_config.model_copy(update={"cache_dir": scratch / "c"}))
-        register(registry, base, {n: p for n, p in paths.items() if not n.startswith("bench-new")})
-        configs = engine_configs(shipped, max(mixed))
-        engines = start_engines(configs, registry_config, scratch)
-        key = new_key()
-        gateway, gateway_url = start_gateway(engines["shipped"].url, key, scratch, base)
+        register(registry, base, {n: p for n, p in paths.items() if n not in new})
+        engines: dict = {}
+        gateway = None
         try:
-            targets = {
-                label: {"url": engine.url, "headers": {}, "fixed_length": True}
-                for label, engine in engines.items()
-            }
+            phase_one = {label: configs[label] for label in ("shipped", "vllm kernels")}
+            engines |= start_engines(phase_one, registry_config, scratch)
+            key = new_key()
+            gateway, gateway_url = start_gateway(engines["shipped"].url, key, scratch, base)
+            targets = {label: engine_target(engine) for label, engine in engines.items()}
             # The gateway's contract (the hosted reference's) has no `ignore_eos`: its answers
             # may end early, and its tokens/s counts the tokens it did generate.
             targets["via gateway"] = {
@@ -354,17 +365,20 @@ async def run(options, mixed: list[int]) -> dict:
                 "headers": {"Authorization": f"Bearer {key}"},
                 "fixed_length": False,
             }
-            workloads = {"base": [base], "1 adapter": ["bench-0@champion"]}
-            for count in mixed:
-                workloads[f"{count} mixed"] = [f"bench-{i}@champion" for i in range(count)]
-            new = {n: p for n, p in paths.items() if n.startswith("bench-new")}
-            hot_engine = engines[f"max_loras>={max(mixed)}"]
-            firsts = await first_requests(hot_engine, registry, base, new, options)
-            print("first requests", json.dumps(firsts), file=sys.stderr)
             results = await throughput(targets, workloads, options)
+
+            engines.pop("vllm kernels").stop()
+            engines |= start_engines({wide: configs[wide]}, registry_config, scratch)
+            firsts = await first_requests(engines[wide], registry, base, new, options)
+            print("first requests", json.dumps(firsts), file=sys.stderr)
+            targets = {label: engine_target(engine) for label, engine in engines.items()}
+            phase_two = ("base", "1 adapter", f"{max(mixed)} mixed")
+            largest = {name: workloads[name] for name in phase_two}
+            slots = await throughput(targets, largest, options)
         finally:
-            gateway.terminate()
-            gateway.wait(timeout=30)
+            if gateway is not None:
+                gateway.terminate()
+                gateway.wait(timeout=30)
             for engine in engines.values():
                 engine.stop()
             server.stop()
@@ -376,9 +390,14 @@ async def run(options, mixed: list[int]) -> dict:
             for label, (config, env) in configs.items()
         },
         "options": {k: v for k, v in vars(options).items() if k != "out"},
-        "first_requests": firsts,
         "throughput": results,
+        "max_loras": slots,
+        "first_requests": firsts,
     }
+
+
+def engine_target(engine) -> dict:
+    return {"url": engine.url, "headers": {}, "fixed_length": True}
 
 
 if __name__ == "__main__":
