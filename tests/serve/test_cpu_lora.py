@@ -84,3 +84,24 @@ def test_one_adapter_for_the_whole_batch_is_one_group_without_a_gather():
     assert group_tokens(torch.tensor([-1, -1])) == []
     groups = group_tokens(torch.tensor([1, -1, 0, 1]))
     assert [(slot, rows.tolist()) for slot, rows in groups] == [(0, [2]), (1, [0, 3])]
+
+
+def test_the_plugin_makes_it_the_cpu_platforms_punica_wrapper(monkeypatch):
+    """What vLLM asks when it builds a LoRA model runner: the plugin (entry point
+    `gemlora_cpu_lora`) answers with gemlora's wrapper; `GEMLORA_CPU_LORA=vllm` keeps vLLM's."""
+    from importlib import metadata
+
+    from vllm.platforms import current_platform
+
+    from gemlora.serve.cpu_lora import QUALNAME
+
+    (entry,) = metadata.entry_points(group="vllm.general_plugins", name="gemlora_cpu_lora")
+    platform_class = type(current_platform)
+    monkeypatch.setattr(platform_class, "get_punica_wrapper", platform_class.get_punica_wrapper)
+    monkeypatch.setenv("GEMLORA_CPU_LORA", "vllm")
+    entry.load()()
+    assert current_platform.get_punica_wrapper().endswith("PunicaWrapperCPU")
+    assert current_platform.get_punica_wrapper() != QUALNAME
+    monkeypatch.delenv("GEMLORA_CPU_LORA")
+    entry.load()()
+    assert current_platform.get_punica_wrapper() == QUALNAME

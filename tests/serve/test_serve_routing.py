@@ -106,7 +106,6 @@ def test_mixed_concurrent_requests_each_get_their_models_tokens(engines, names, 
         together = list(pool.map(answer, models))
     assert together == [alone[model] for model in models]
     assert len({tuple(ids) for ids in alone.values()}) == 3  # three different answers
-    assert "LoRA on CPU: GroupedPunicaWrapperCPU" in engine.log_path.read_text()
 
 
 @pytest.mark.parametrize(
