@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -127,10 +127,7 @@ class Example:
 
     def to_chat_messages(self) -> list[dict]:
         """HF-style messages that a Gemma 3 processor's chat template accepts."""
-        return [
-            {"role": m.role, "content": [_chat_part(part) for part in m.content]}
-            for m in self.messages
-        ]
+        return [chat_message(m) for m in self.messages]
 
     def pil_images(self) -> list[PILImage]:
         return [image.to_pil() for image in self.images]
@@ -138,28 +135,45 @@ class Example:
     def canonical_json(self) -> str:
         """Everything that defines the example, images by pixel digest, as stable JSON."""
         document = {
-            "messages": [
-                {
-                    "role": m.role,
-                    "weight": m.weight,
-                    "content": [_canonical_part(part) for part in m.content],
-                }
-                for m in self.messages
-            ],
+            "messages": [canonical_message(m) for m in self.messages],
             "images": [image.pixel_sha256 for image in self.images],
         }
-        return json.dumps(document, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return stable_json(document)
 
     def digest(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
 
-def dataset_digest(examples: Iterable[Example]) -> str:
+class Digestible(Protocol):
+    """An example of any kind: SFT (`Example`) or preference (`PreferenceExample`)."""
+
+    def digest(self) -> str: ...
+
+
+def dataset_digest(examples: Iterable[Digestible]) -> str:
     """Digest of a dataset's content in order (what the training run logs as its input)."""
     digest = hashlib.sha256()
     for example in examples:
         digest.update(example.digest().encode())
     return digest.hexdigest()
+
+
+def chat_message(message: Message) -> dict:
+    """One message as a Gemma 3 chat template (and TRL) takes it."""
+    return {"role": message.role, "content": [_chat_part(part) for part in message.content]}
+
+
+def canonical_message(message: Message) -> dict:
+    """One message as it enters a digest."""
+    return {
+        "role": message.role,
+        "weight": message.weight,
+        "content": [_canonical_part(part) for part in message.content],
+    }
+
+
+def stable_json(document: object) -> str:
+    return json.dumps(document, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def _chat_part(part: Part) -> dict:

@@ -1,4 +1,5 @@
-"""`read_dataset`: a dataset file in any supported format -> canonical examples + problems.
+"""`read_dataset`: a dataset file in any supported format -> canonical examples + problems;
+`read_preferences`: the same for preference (DPO) datasets.
 
 Each record goes through the same steps: convert (format-specific structure and types),
 check the conversation rules, check the image count, then load every image under the limits.
@@ -8,10 +9,12 @@ A record with an error is left out and its problems reported; reading goes on, u
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Generic, NoReturn, TypeVar
 
 from gemlora.data.example import (
     DatasetError,
@@ -22,14 +25,28 @@ from gemlora.data.example import (
     Source,
     dataset_digest,
 )
-from gemlora.data.formats import CONVERTERS, DatasetFormat, Draft, RecordError, classify
-from gemlora.data.images import ImageError, ImageLimits, ImageLoader
+from gemlora.data.formats import (
+    CONVERTERS,
+    PREFERENCE_CONVERTERS,
+    DatasetFormat,
+    Draft,
+    PreferenceDraft,
+    PreferenceFormat,
+    RecordError,
+    classify,
+    classify_preference,
+)
+from gemlora.data.images import ImageError, ImageLimits, ImageLoader, ImageRef, LoadedImage
+from gemlora.data.preference import PreferenceExample, preference_digest
 from gemlora.data.records import MB, Record, iter_records
 from gemlora.data.remote import ImageFetcher
-from gemlora.data.validate import check_messages
+from gemlora.data.validate import check_messages, check_preference
 
 DETECTION_RECORDS = 50  # records looked at to tell the format
 Converter = Callable[[dict], Draft]
+PreferenceConverter = Callable[[dict], PreferenceDraft]
+E = TypeVar("E", Example, PreferenceExample)
+F = TypeVar("F", DatasetFormat, PreferenceFormat)
 
 
 @dataclass(frozen=True)
@@ -38,20 +55,29 @@ class ReadOptions:
     max_line_bytes: int = 10 * MB
     image_limits: ImageLimits = field(default_factory=ImageLimits)  # for local and data: images
     fetcher: ImageFetcher | None = None  # None: remote image URLs are refused
-    require_assistant_last: bool = True
+    require_assistant_last: bool = True  # SFT only: a preference prompt always ends with user
     strict: bool = False
 
 
 @dataclass
-class ReadResult(HasProblems):
+class _Read(HasProblems, Generic[E, F]):
     path: Path
-    format: DatasetFormat
+    format: F
     records: int  # records seen, valid or not
-    examples: list[Example]
+    examples: list[E]
     problems: list[Problem]
 
+
+@dataclass
+class ReadResult(_Read[Example, DatasetFormat]):
     def digest(self) -> str:
         return dataset_digest(self.examples)
+
+
+@dataclass
+class PreferenceReadResult(_Read[PreferenceExample, PreferenceFormat]):
+    def digest(self) -> str:
+        return preference_digest(self.examples)
 
 
 def read_dataset(
@@ -70,60 +96,143 @@ def read_dataset(
     if format is None:
         format, records = _detect(path, records)
     convert = CONVERTERS[format]
-    fetch = options.fetcher.fetch_image if options.fetcher else None
-    loader = ImageLoader(path if path.is_dir() else path.parent, options.image_limits, fetch)
+    loader = _loader(path, options)
     result = ReadResult(path, format, 0, [], [])
-    for item in records:
-        result.records += 1
-        if isinstance(item, Record):
-            example, problems = _read_record(item, convert, loader, options)
-        else:
-            example, problems = None, [item]
-        _add(result, example, problems, options.strict)
-        if limit is not None and len(result.examples) >= limit:
-            break
-    if result.records == 0:
-        raise DatasetError(Problem(Source(path), "", "the dataset has no records"))
+    _read_all(
+        result, records, lambda record: _build(record, convert, loader, options), options, limit
+    )
     return result
 
 
-def _add(
-    result: ReadResult, example: Example | None, problems: list[Problem], strict: bool
+def read_preferences(
+    path: str | Path,
+    format: PreferenceFormat | None = None,
+    *,
+    options: ReadOptions | None = None,
+    limit: int | None = None,
+) -> PreferenceReadResult:
+    """`read_dataset` for preference datasets (OpenAI preference JSONL, TRL preference rows):
+    every record, or until `limit` valid pairs."""
+    options = options or ReadOptions()
+    path = Path(path)
+    records = iter_records(path, options.max_line_bytes)
+    if format is None:
+        format, records = _detect_preference(path, records)
+    convert = PREFERENCE_CONVERTERS[format]
+    loader = _loader(path, options)
+    result = PreferenceReadResult(path, format, 0, [], [])
+    _read_all(
+        result,
+        records,
+        lambda record: _build_preference(record, convert, loader, options),
+        options,
+        limit,
+    )
+    return result
+
+
+def is_preference_file(path: str | Path, max_line_bytes: int = 10 * MB) -> bool:
+    """Whether the first record that tells a format is a preference record. False for SFT
+    datasets and for files that cannot be read (reading them as SFT reports why)."""
+    try:
+        records = iter_records(Path(path), max_line_bytes)
+        with contextlib.closing(records):
+            for item in itertools.islice(records, DETECTION_RECORDS):
+                if not isinstance(item, Record):
+                    continue
+                if classify_preference(item.value):
+                    return True
+                if classify(item.value):
+                    return False
+    except DatasetError:
+        return False
+    return False
+
+
+def _loader(path: Path, options: ReadOptions) -> ImageLoader:
+    fetch = options.fetcher.fetch_image if options.fetcher else None
+    return ImageLoader(path if path.is_dir() else path.parent, options.image_limits, fetch)
+
+
+def _read_all(
+    result: _Read[E, F],
+    records: Iterator[Record | Problem],
+    build: Callable[[Record], tuple[E | None, list[Issue]]],
+    options: ReadOptions,
+    limit: int | None = None,
 ) -> None:
-    result.problems += problems
-    if example is not None:
-        result.examples.append(example)
-    errors = [p for p in problems if p.severity == "error"]
-    if strict and errors:
-        raise DatasetError(errors[0], result.problems)
+    for item in records:
+        result.records += 1
+        if isinstance(item, Record):
+            example, issues = build(item)
+            problems = [issue.at(item.source) for issue in issues]
+        else:
+            example, problems = None, [item]
+        result.problems += problems
+        if example is not None:
+            result.examples.append(example)
+        errors = [p for p in problems if p.severity == "error"]
+        if options.strict and errors:
+            raise DatasetError(errors[0], result.problems)
+        if limit is not None and len(result.examples) >= limit:
+            break
+    if result.records == 0:
+        raise DatasetError(Problem(Source(result.path), "", "the dataset has no records"))
 
 
 def _detect(path: Path, records: Iterator) -> tuple[DatasetFormat, Iterator]:
     """Look at the first records to tell the format, then hand back all records."""
+    found, records, seen = _first_match(path, records, classify)
+    if found:
+        return found, records
+    kinds = (classify_preference(item.value) for item in seen if isinstance(item, Record))
+    preference = next((kind for kind in kinds if kind), None)
+    if preference:
+        message = (
+            f"this is a preference dataset ({preference}), where a chat dataset is expected "
+            "(preference data is read by read_preferences)"
+        )
+    else:
+        message = (
+            "cannot tell the dataset format: no record has `messages` or `conversations` "
+            "(pass --format openai, hf or sharegpt)"
+        )
+    _unknown(path, seen, message)
+
+
+def _detect_preference(path: Path, records: Iterator) -> tuple[PreferenceFormat, Iterator]:
+    found, records, seen = _first_match(path, records, classify_preference)
+    if found:
+        return found, records
+    _unknown(
+        path,
+        seen,
+        "cannot tell the preference format: no record has `preferred_output` (OpenAI) or "
+        "`chosen` and `rejected` (TRL) (pass --format openai-preference or trl-preference)",
+    )
+
+
+def _first_match(
+    path: Path, records: Iterator, tell: Callable[[object], F | None]
+) -> tuple[F | None, Iterator, list]:
+    """The format of the first record that tells one, and all records to read; or None and the
+    records looked at."""
     seen = []
     for item in records:
         seen.append(item)
-        if isinstance(item, Record) and (found := classify(item.value)):
-            return found, itertools.chain(seen, records)
+        if isinstance(item, Record) and (found := tell(item.value)):
+            return found, itertools.chain(seen, records), seen
         if len(seen) >= DETECTION_RECORDS:
             break
     if not seen:
         raise DatasetError(Problem(Source(path), "", "the dataset has no records"))
-    unknown = Problem(
-        Source(path),
-        "",
-        "cannot tell the dataset format: no record has `messages` or `conversations` "
-        "(pass --format openai, hf or sharegpt)",
-    )
+    return None, records, seen
+
+
+def _unknown(path: Path, seen: list, message: str) -> NoReturn:
+    unknown = Problem(Source(path), "", message)
     unreadable = [item for item in seen if isinstance(item, Problem)]
     raise DatasetError(unknown, [*unreadable, unknown])
-
-
-def _read_record(
-    record: Record, convert: Converter, loader: ImageLoader, options: ReadOptions
-) -> tuple[Example | None, list[Problem]]:
-    example, issues = _build(record, convert, loader, options)
-    return example, [issue.at(record.source) for issue in issues]
 
 
 def _build(
@@ -139,25 +248,51 @@ def _build(
         require_assistant_last=options.require_assistant_last,
         container=draft.container,
     )
-    if len(draft.images) > options.max_images:
+    images = _load_images(draft.images, loader, options, issues)
+    if images is None:
+        return None, issues
+    return Example(tuple(draft.messages), images, record.source), issues
+
+
+def _build_preference(
+    record: Record, convert: PreferenceConverter, loader: ImageLoader, options: ReadOptions
+) -> tuple[PreferenceExample | None, list[Issue]]:
+    try:
+        draft = convert(record.value)
+    except RecordError as error:
+        return None, [Issue(error.field, error.message)]
+    issues = draft.warnings + check_preference(draft)
+    images = _load_images(draft.prompt.images, loader, options, issues)
+    if images is None:
+        return None, issues
+    # The prompt is context and both replies are what DPO compares, whatever the source said.
+    prompt = tuple(replace(message, weight=0) for message in draft.prompt.messages)
+    chosen = replace(draft.chosen.messages[0], weight=1)
+    rejected = replace(draft.rejected.messages[0], weight=1)
+    return PreferenceExample(prompt, chosen, rejected, images, record.source), issues
+
+
+def _load_images(
+    refs: Sequence[ImageRef], loader: ImageLoader, options: ReadOptions, issues: list[Issue]
+) -> tuple[LoadedImage, ...] | None:
+    """The record's images, loaded once `issues` (added to here) has no error; None if it has."""
+    if len(refs) > options.max_images:
         issues.append(
             Issue(
-                draft.images[options.max_images].field,
-                f"{len(draft.images)} images, over the limit of {options.max_images} "
+                refs[options.max_images].field,
+                f"{len(refs)} images, over the limit of {options.max_images} "
                 "per example (--max-images)",
             )
         )
     if _has_error(issues):
-        return None, issues
+        return None
     images = []
-    for ref in draft.images:
+    for ref in refs:
         try:
             images.append(loader.load(ref))
         except ImageError as error:
             issues.append(Issue(ref.field, str(error)))
-    if _has_error(issues):
-        return None, issues
-    return Example(tuple(draft.messages), tuple(images), record.source), issues
+    return None if _has_error(issues) else tuple(images)
 
 
 def _has_error(issues: list[Issue]) -> bool:

@@ -1,4 +1,5 @@
-"""`validate_dataset`: read a dataset, measure it with a model, and sum it up.
+"""`validate_dataset`: read a dataset, measure it with a model, and sum it up;
+`validate_preferences`: the same for preference (DPO) datasets.
 
 This is what `gemlora data validate` prints and what training uses to get its examples:
 `report.examples` holds the examples that passed every check, the length policy included.
@@ -12,13 +13,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gemlora.data.example import DatasetError, Example, HasProblems, Problem
-from gemlora.data.formats import DatasetFormat
-from gemlora.data.reader import ReadOptions, ReadResult, read_dataset
+from gemlora.data.formats import DatasetFormat, PreferenceFormat
+from gemlora.data.preference import PreferenceExample
+from gemlora.data.reader import (
+    PreferenceReadResult,
+    ReadOptions,
+    ReadResult,
+    read_dataset,
+    read_preferences,
+)
 from gemlora.data.tokens import (
     OverlongPolicy,
     TokenCounter,
     apply_length_policy,
+    apply_preference_length_policy,
     load_token_counter,
+    measure_preference_tokens,
     measure_tokens,
 )
 
@@ -44,8 +54,29 @@ def _rank(ordered: list[int], quantile: float) -> int:
     return ordered[max(0, math.ceil(quantile * len(ordered)) - 1)]
 
 
+class _Summary(HasProblems):
+    """What `gemlora data validate` prints of either kind of report."""
+
+    examples: list
+    max_length: int | None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and bool(self.examples)
+
+    def length_stats(self) -> LengthStats | None:
+        return LengthStats.of(self.longest())
+
+    def longest(self) -> list[int]:
+        raise NotImplementedError
+
+    def images_per_example(self) -> dict[int, int]:
+        """Number of images -> number of examples with that many."""
+        return dict(sorted(Counter(len(example.images) for example in self.examples).items()))
+
+
 @dataclass
-class DatasetReport(HasProblems):
+class DatasetReport(_Summary):
     read: ReadResult
     examples: list[Example]  # the usable ones
     problems: list[Problem]
@@ -53,16 +84,23 @@ class DatasetReport(HasProblems):
     token_lengths: list[int] | None = None  # of `examples`, when a model was given
     max_length: int | None = None
 
-    @property
-    def ok(self) -> bool:
-        return not self.errors and bool(self.examples)
+    def longest(self) -> list[int]:
+        return self.token_lengths or []
 
-    def length_stats(self) -> LengthStats | None:
-        return LengthStats.of(self.token_lengths or [])
 
-    def images_per_example(self) -> dict[int, int]:
-        """Number of images -> number of examples with that many."""
-        return dict(sorted(Counter(len(example.images) for example in self.examples).items()))
+@dataclass
+class PreferenceReport(_Summary):
+    read: PreferenceReadResult
+    examples: list[PreferenceExample]  # the usable ones
+    problems: list[Problem]
+    model: str | None = None
+    # (prompt + chosen, prompt + rejected) of each of `examples`, when a model was given
+    token_lengths: list[tuple[int, int]] | None = None
+    max_length: int | None = None
+
+    def longest(self) -> list[int]:
+        """Prompt + the longer reply, per pair: what the length policy compares."""
+        return [max(pair) for pair in self.token_lengths or []]
 
 
 def validate_dataset(
@@ -89,7 +127,40 @@ def validate_dataset(
         report.examples, lengths, report.max_length, overlong
     )
     report.problems += problems
-    refused = [p for p in problems if p.severity == "error"]
-    if options.strict and refused:
-        raise DatasetError(refused[0], report.problems)
+    _raise_if_strict(options, problems, report.problems)
     return report
+
+
+def validate_preferences(
+    path: str | Path,
+    format: PreferenceFormat | None = None,
+    *,
+    options: ReadOptions | None = None,
+    model: str | TokenCounter | None = None,
+    max_length: int | None = None,
+    overlong: OverlongPolicy = "refuse",
+) -> PreferenceReport:
+    """`validate_dataset` for preference datasets: with a model, prompt + chosen and prompt +
+    rejected are both measured, and a pair whose longer side is over `max_length` is refused or
+    dropped."""
+    options = options or ReadOptions()
+    read = read_preferences(path, format, options=options)
+    report = PreferenceReport(read, list(read.examples), list(read.problems))
+    if model is None:
+        return report
+    counter = model if isinstance(model, TokenCounter) else load_token_counter(model)
+    report.model = counter.name
+    report.max_length = max_length or counter.max_length
+    lengths = measure_preference_tokens(report.examples, counter)
+    report.examples, report.token_lengths, problems = apply_preference_length_policy(
+        report.examples, lengths, report.max_length, overlong
+    )
+    report.problems += problems
+    _raise_if_strict(options, problems, report.problems)
+    return report
+
+
+def _raise_if_strict(options: ReadOptions, found: list[Problem], problems: list[Problem]) -> None:
+    refused = [p for p in found if p.severity == "error"]
+    if options.strict and refused:
+        raise DatasetError(refused[0], problems)

@@ -2,39 +2,58 @@
 
 Each example's side depends only on its own digest (and an optional seed), so appending rows
 never moves an existing example to the other side, and duplicates always land together: the
-eval set cannot contain a copy of a training example.
+eval set cannot contain a copy of a training example. SFT and preference examples split alike.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from typing import NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Generic, NamedTuple, TypeVar
 
-from gemlora.data.example import Example
+from gemlora.data.example import Digestible
 
-
-class Split(NamedTuple):
-    train: list[Example]
-    eval: list[Example]
+T = TypeVar("T", bound=Digestible)
 
 
-def eval_score(example: Example, seed: str = "") -> float:
+class Split(NamedTuple, Generic[T]):
+    train: list[T]
+    eval: list[T]
+
+
+def eval_score(example: Digestible, seed: str = "") -> float:
     """A number in [0, 1) fixed by the example's content: below the eval fraction means eval."""
-    digest = hashlib.sha256(f"{seed}:{example.digest()}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+    return digest_score(example.digest(), seed)
 
 
-def is_eval(example: Example, eval_fraction: float, seed: str = "") -> bool:
+def digest_score(digest: str, seed: str = "") -> float:
+    hashed = hashlib.sha256(f"{seed}:{digest}".encode()).digest()
+    return int.from_bytes(hashed[:8], "big") / 2**64
+
+
+def is_eval(example: Digestible, eval_fraction: float, seed: str = "") -> bool:
     return eval_score(example, seed) < eval_fraction
 
 
 def split_examples(
-    examples: Iterable[Example], eval_fraction: float = 0.1, *, seed: str = ""
-) -> Split:
+    examples: Iterable[T],
+    eval_fraction: float = 0.1,
+    *,
+    seed: str = "",
+    by: Callable[[T], str] | None = None,
+) -> Split[T]:
+    """`by(example)` gives the digest that decides the side (default: the example's own), e.g.
+    a preference pair's `chosen_example().digest()` to split as the SFT set of its chosen
+    replies does."""
     if not 0 <= eval_fraction <= 1:
         raise ValueError(f"eval_fraction must be between 0 and 1, got {eval_fraction}")
-    split = Split([], [])
+    digest_of = by or _own_digest
+    split: Split[T] = Split([], [])
     for example in examples:
-        (split.eval if is_eval(example, eval_fraction, seed) else split.train).append(example)
+        held_out = digest_score(digest_of(example), seed) < eval_fraction
+        (split.eval if held_out else split.train).append(example)
     return split
+
+
+def _own_digest(example: Digestible) -> str:
+    return example.digest()

@@ -3,19 +3,23 @@ tokenized by its own tokenizer, images expanded by its own processor.
 
 The rendered template already starts with `<bos>`, so it is tokenized with
 `add_special_tokens=False`: adding them again would double the `<bos>`.
-Over-long examples are dropped or refused, by policy; they are never truncated.
+Over-long examples are dropped or refused, by policy; they are never truncated. A preference
+pair is as long as its prompt plus its longer reply.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, NamedTuple, TypeVar
 
 from gemlora.bases import resolve_base
 from gemlora.data.example import IN_MEMORY, DatasetError, Example, Problem
+from gemlora.data.preference import PreferenceExample
 
 OverlongPolicy = Literal["drop", "refuse"]
+E = TypeVar("E", Example, PreferenceExample)
+L = TypeVar("L", int, tuple[int, int])  # a length: of an example, or of a pair's two sides
 
 
 class TokenCounter:
@@ -37,12 +41,15 @@ class TokenCounter:
     def max_length(self) -> int:
         return self.spec.max_model_len
 
-    def render(self, example: Example) -> str:
-        """The chat template's text, with one `<start_of_image>` per image."""
-        return self.processor.apply_chat_template(example.to_chat_messages(), tokenize=False)
+    def render(self, example: Example, add_generation_prompt: bool = False) -> str:
+        """The chat template's text, with one `<start_of_image>` per image; with
+        `add_generation_prompt`, followed by the opening of the model's turn."""
+        return self.processor.apply_chat_template(
+            example.to_chat_messages(), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
-    def encode(self, example: Example) -> list[int]:
-        text = self.render(example)
+    def encode(self, example: Example, add_generation_prompt: bool = False) -> list[int]:
+        text = self.render(example, add_generation_prompt)
         if not self.multimodal:
             if example.images:
                 raise ValueError(f"{self.name} is a text-only model and the example has images")
@@ -59,6 +66,30 @@ class TokenCounter:
         return self.tokenizer.decode(self.encode(example), skip_special_tokens=False)
 
 
+class PreferenceTokens(NamedTuple):
+    """A pair's token ids: the prompt up to the opening of the model's turn, then each reply."""
+
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int]
+
+
+def encode_preference(counter: TokenCounter, example: PreferenceExample) -> PreferenceTokens:
+    """The pair as DPO sees it: the prompt rendered with the generation prompt, each reply the
+    tokens that follow it in prompt + reply."""
+    prompt = counter.encode(example.prompt_example(), add_generation_prompt=True)
+    replies = []
+    for conversation in (example.chosen_example(), example.rejected_example()):
+        ids = counter.encode(conversation)
+        if ids[: len(prompt)] != prompt:
+            raise ValueError(
+                f"{counter.name}'s chat template does not render the prompt as the start of "
+                "prompt + reply"
+            )
+        replies.append(ids[len(prompt) :])
+    return PreferenceTokens(prompt, *replies)
+
+
 @functools.cache
 def load_token_counter(model: str) -> TokenCounter:
     """One `TokenCounter` per base for the life of the process (loading takes seconds)."""
@@ -66,6 +97,23 @@ def load_token_counter(model: str) -> TokenCounter:
 
 
 def measure_tokens(examples: Sequence[Example], model: str | TokenCounter) -> list[int]:
+    counter = _counter(model, examples)
+    return [counter.count(example) for example in examples]
+
+
+def measure_preference_tokens(
+    examples: Sequence[PreferenceExample], model: str | TokenCounter
+) -> list[tuple[int, int]]:
+    """(prompt + chosen, prompt + rejected) tokens of each pair, counted as SFT examples are."""
+    counter = _counter(model, examples)
+    return [
+        (counter.count(example.chosen_example()), counter.count(example.rejected_example()))
+        for example in examples
+    ]
+
+
+def _counter(model: str | TokenCounter, examples: Sequence[E]) -> TokenCounter:
+    """The counter for `model`, once it is known to take the examples' images."""
     counter = model if isinstance(model, TokenCounter) else load_token_counter(model)
     with_images = sum(1 for example in examples if example.images)
     if with_images and not counter.multimodal:
@@ -78,7 +126,7 @@ def measure_tokens(examples: Sequence[Example], model: str | TokenCounter) -> li
                 "use a multimodal base",
             )
         )
-    return [counter.count(example) for example in examples]
+    return counter
 
 
 def apply_length_policy(
@@ -89,19 +137,47 @@ def apply_length_policy(
 ) -> tuple[list[Example], list[int], list[Problem]]:
     """Keep the examples within `max_length` tokens. Longer ones are left out either way; with
     `drop` that is a warning, with `refuse` an error."""
+    return _apply(examples, lengths, [(length, "") for length in lengths], max_length, policy)
+
+
+def apply_preference_length_policy(
+    examples: Sequence[PreferenceExample],
+    lengths: Sequence[tuple[int, int]],
+    max_length: int,
+    policy: OverlongPolicy = "refuse",
+) -> tuple[list[PreferenceExample], list[tuple[int, int]], list[Problem]]:
+    """`apply_length_policy` for pairs: a pair is kept when prompt + chosen and prompt +
+    rejected are both within `max_length` tokens (`lengths` as `measure_preference_tokens`
+    gives them)."""
+    # A pair names its longer side: the reply that would have been cut.
+    longer = [
+        (chosen, " (prompt + chosen)") if chosen >= rejected else (rejected, " (prompt + rejected)")
+        for chosen, rejected in lengths
+    ]
+    return _apply(examples, lengths, longer, max_length, policy)
+
+
+def _apply(
+    examples: Sequence[E],
+    lengths: Sequence[L],
+    measured: Sequence[tuple[int, str]],
+    max_length: int,
+    policy: OverlongPolicy,
+) -> tuple[list[E], list[L], list[Problem]]:
+    """`measured[i]`: the tokens that decide example i, and what they are, for messages."""
     kept, kept_lengths, problems = [], [], []
-    for example, length in zip(examples, lengths, strict=True):
-        if length <= max_length:
+    for example, length, (tokens, what) in zip(examples, lengths, measured, strict=True):
+        if tokens <= max_length:
             kept.append(example)
             kept_lengths.append(length)
             continue
         source = example.source or IN_MEMORY
         if policy == "drop":
-            message = f"dropped: {length} tokens, over the max length of {max_length}"
+            message = f"dropped: {tokens} tokens{what}, over the max length of {max_length}"
             problems.append(Problem(source, "", message, "warning"))
         else:
             message = (
-                f"{length} tokens, over the max length of {max_length} "
+                f"{tokens} tokens{what}, over the max length of {max_length} "
                 "(raise --max-length, or pass --overlong drop to leave such examples out)"
             )
             problems.append(Problem(source, "", message))

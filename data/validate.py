@@ -2,14 +2,20 @@
 
 Gemma 3's chat template folds a system message into the first user turn and needs user and
 assistant turns to alternate; training needs an assistant turn to learn from at the end.
+A preference pair is a prompt that ends with a user turn and two different one-message
+assistant replies; prompt plus either reply must then be a valid conversation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gemlora.data.example import ImagePart, Issue, Message, TextPart
+
+if TYPE_CHECKING:
+    from gemlora.data.formats.common import Draft, PreferenceDraft
 
 # Text containing these would be read as chat structure rather than as text.
 CONTROL_TOKENS = (
@@ -33,8 +39,8 @@ class MessageFields:
     content: str
 
     @classmethod
-    def of(cls, index: int) -> MessageFields:
-        return cls(f"messages[{index}].role", f"messages[{index}].content")
+    def of(cls, index: int, container: str = "messages") -> MessageFields:
+        return cls(f"{container}[{index}].role", f"{container}[{index}].content")
 
 
 def check_messages(
@@ -56,6 +62,61 @@ def check_messages(
     if assistants and not any(m.weight for m in assistants):
         issues.append(Issue(container, "every assistant turn has weight 0: nothing to train on"))
     return issues
+
+
+def check_preference(draft: PreferenceDraft) -> list[Issue]:
+    """Every rule a preference pair breaks, each naming its field. The shape comes first (a
+    prompt ending with a user turn, one assistant message per reply); only a pair of that shape
+    is checked as conversations, so one misplaced turn gives one error."""
+    issues = _check_prompt_shape(draft.prompt)
+    issues += _check_reply_shape(draft.chosen) + _check_reply_shape(draft.rejected)
+    if issues:
+        return issues
+    prompt, chosen, rejected = draft.prompt, draft.chosen, draft.rejected
+    # Prompt + chosen is checked as one SFT conversation (roles, content, control tokens); the
+    # prompt is not checked again with the rejected reply, only the reply itself.
+    issues = check_messages(
+        [*prompt.messages, *chosen.messages],
+        [*prompt.message_fields, *chosen.message_fields],
+        container=prompt.container,
+    )
+    issues += _check_content(rejected.messages[0], rejected.message_fields[0].content)
+    if not issues and chosen.messages[0].content == rejected.messages[0].content:
+        issues.append(Issue(rejected.container, "the rejected reply is the same as the chosen one"))
+    return issues
+
+
+def _check_prompt_shape(prompt: Draft) -> list[Issue]:
+    if not prompt.messages:
+        return [Issue(prompt.container, "no messages")]
+    last = prompt.messages[-1]
+    if last.role != "user":
+        return [
+            Issue(
+                prompt.message_fields[-1].role,
+                f"a preference prompt must end with a user turn, not {last.role}",
+            )
+        ]
+    return []
+
+
+def _check_reply_shape(reply: Draft) -> list[Issue]:
+    if len(reply.messages) != 1:
+        return [
+            Issue(
+                reply.container,
+                f"expected one assistant message as the reply, got {len(reply.messages)}",
+            )
+        ]
+    [message] = reply.messages
+    if message.role != "assistant":
+        return [
+            Issue(
+                reply.message_fields[0].role,
+                f"a reply must be an assistant message, not {message.role}",
+            )
+        ]
+    return []
 
 
 def _check_roles(

@@ -1,14 +1,27 @@
-"""Dataset formats: one converter per format, record (dict) -> `Draft`, and format detection."""
+"""Dataset formats: one converter per format, record (dict) -> `Draft` (a `PreferenceDraft` for
+preference formats), and format detection."""
 
 from collections.abc import Callable
 
-from gemlora.data.formats import hf, openai, sharegpt
-from gemlora.data.formats.common import FORMATS, DatasetFormat, Draft, RecordError
+from gemlora.data.formats import hf, openai, openai_preference, sharegpt, trl_preference
+from gemlora.data.formats.common import (
+    FORMATS,
+    PREFERENCE_FORMATS,
+    DatasetFormat,
+    Draft,
+    PreferenceDraft,
+    PreferenceFormat,
+    RecordError,
+)
 
 CONVERTERS: dict[DatasetFormat, Callable[[dict], Draft]] = {
     "openai": openai.convert,
     "hf": hf.convert,
     "sharegpt": sharegpt.convert,
+}
+PREFERENCE_CONVERTERS: dict[PreferenceFormat, Callable[[dict], PreferenceDraft]] = {
+    "openai-preference": openai_preference.convert,
+    "trl-preference": trl_preference.convert,
 }
 
 
@@ -36,4 +49,28 @@ def classify(record: object) -> DatasetFormat | None:
     return "hf" if "image" in part_types else "openai"
 
 
-__all__ = ["CONVERTERS", "FORMATS", "DatasetFormat", "Draft", "RecordError", "classify"]
+def classify_preference(record: object) -> PreferenceFormat | None:
+    """The preference format one record is evidently in, or None (an SFT record, or one that
+    does not tell)."""
+    if not isinstance(record, dict):
+        return None
+    if "preferred_output" in record or "non_preferred_output" in record:
+        return "openai-preference"
+    if "chosen" in record and "rejected" in record:
+        return "trl-preference"
+    return None
+
+
+__all__ = [
+    "CONVERTERS",
+    "FORMATS",
+    "PREFERENCE_CONVERTERS",
+    "PREFERENCE_FORMATS",
+    "DatasetFormat",
+    "Draft",
+    "PreferenceDraft",
+    "PreferenceFormat",
+    "RecordError",
+    "classify",
+    "classify_preference",
+]

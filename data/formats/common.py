@@ -13,6 +13,9 @@ from gemlora.data.validate import MessageFields
 
 DatasetFormat = Literal["openai", "hf", "sharegpt"]
 FORMATS: tuple[DatasetFormat, ...] = ("openai", "hf", "sharegpt")
+PreferenceFormat = Literal["openai-preference", "trl-preference"]
+PREFERENCE_FORMATS: tuple[PreferenceFormat, ...] = ("openai-preference", "trl-preference")
+AnyFormat = Literal[DatasetFormat, PreferenceFormat]  # one flat Literal of all five
 MISSING = object()  # a key that is absent, as opposed to present with null
 
 
@@ -50,10 +53,26 @@ class Draft:
     ) -> None:
         default = 1 if role == "assistant" else 0
         self.messages.append(Message(role, tuple(content), default if weight is None else weight))
-        self.message_fields.append(fields or MessageFields.of(len(self.message_fields)))
+        index = len(self.message_fields)
+        self.message_fields.append(fields or MessageFields.of(index, self.container))
 
     def warn(self, field: str, message: str) -> None:
         self.warnings.append(Issue(field, message, "warning"))
+
+
+@dataclass
+class PreferenceDraft:
+    """A converted preference record: the prompt and each reply as their own draft, so that every
+    message keeps the field it came from. Only the prompt's images are loaded; an image in a
+    reply is refused by `check_preference` before anything is loaded."""
+
+    prompt: Draft
+    chosen: Draft
+    rejected: Draft
+
+    @property
+    def warnings(self) -> list[Issue]:
+        return self.prompt.warnings + self.chosen.warnings + self.rejected.warnings
 
 
 def text_parts(text: str) -> list[Part]:
@@ -97,12 +116,14 @@ def require_str(value: object, field: str) -> str:
     return value
 
 
-def check_image_count(draft: Draft, what: str, field: str) -> None:
-    """The placeholders (or image parts) in the text must match the images given."""
-    if draft.image_parts != len(draft.images):
+def check_image_count(draft: Draft, what: str, field: str, parts: int | None = None) -> None:
+    """The placeholders (or image parts) in the text must match the images given; `parts`
+    counts them when they are spread over several drafts (default: the draft's own)."""
+    parts = draft.image_parts if parts is None else parts
+    if parts != len(draft.images):
         raise RecordError(
             field,
-            f"{draft.image_parts} {what} in the conversation but {len(draft.images)} "
+            f"{parts} {what} in the conversation but {len(draft.images)} "
             f"image{'s' if len(draft.images) != 1 else ''} given",
         )
 

@@ -29,9 +29,17 @@ ROLES: tuple[Role, ...] = ("system", "user", "assistant")
 
 def convert(record: dict) -> Draft:
     draft = Draft()
-    messages = require_list(record.get("messages", MISSING), "messages")
-    for index, raw in enumerate(messages):
-        field = f"messages[{index}]"
+    add_messages(draft, record.get("messages", MISSING))
+    add_images(draft, record)
+    check_image_count(draft, "image parts", images_field(record))
+    return draft
+
+
+def add_messages(draft: Draft, messages: object) -> None:
+    """A list of message objects, at `draft.container`, onto the draft (shared with
+    `trl_preference`)."""
+    for index, raw in enumerate(require_list(messages, draft.container)):
+        field = f"{draft.container}[{index}]"
         message = require_dict(raw, field)
         role = require_str(message.get("role", MISSING), f"{field}.role")
         if role not in ROLES:
@@ -40,9 +48,6 @@ def convert(record: dict) -> Draft:
             )
         content = _content(draft, message.get("content", MISSING), f"{field}.content")
         draft.add_message(role, content)
-    _add_images(draft, record)
-    check_image_count(draft, "image parts", _images_field(record))
-    return draft
 
 
 def _content(draft: Draft, content: object, field: str) -> list[Part]:
@@ -62,7 +67,8 @@ def _part(draft: Draft, part: dict, part_field: str) -> list[Part]:
     raise RecordError(f"{part_field}.type", f"unsupported content part type {kind!r}")
 
 
-def _add_images(draft: Draft, record: dict) -> None:
+def add_images(draft: Draft, record: dict) -> None:
+    """The row's `images` (or `image`) column onto the draft, in order."""
     images, image = record.get("images"), record.get("image")
     if images is not None and image is not None:
         raise RecordError("image", "a row has either an `images` or an `image` column, not both")
@@ -90,5 +96,5 @@ def _image_ref(entry: object, field: str) -> ImageRef:
     )
 
 
-def _images_field(record: dict) -> str:
+def images_field(record: dict) -> str:
     return "image" if record.get("image") is not None else "images"

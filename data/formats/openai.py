@@ -34,17 +34,23 @@ UNSUPPORTED_MESSAGE_KEYS = ("tool_calls", "function_call")
 
 
 def convert(record: dict) -> Draft:
-    for key in UNSUPPORTED_RECORD_KEYS:
-        if record.get(key):
-            raise RecordError(key, "tool and function definitions are not supported")
+    refuse_tools(record, "")
     messages = require_list(record.get("messages", MISSING), "messages")
     draft = Draft()
     for index, raw in enumerate(messages):
-        _add_message(draft, require_dict(raw, f"messages[{index}]"), f"messages[{index}]")
+        add_message(draft, require_dict(raw, f"messages[{index}]"), f"messages[{index}]")
     return draft
 
 
-def _add_message(draft: Draft, message: dict, field: str) -> None:
+def refuse_tools(record: dict, prefix: str) -> None:
+    """Tool definitions at `prefix` (e.g. `input.`) are refused: Gemma 3 has no tool turns."""
+    for key in UNSUPPORTED_RECORD_KEYS:
+        if record.get(key):
+            raise RecordError(prefix + key, "tool and function definitions are not supported")
+
+
+def add_message(draft: Draft, message: dict, field: str) -> None:
+    """One message object at `field` onto the draft (shared with `openai_preference`)."""
     role = _role(message, field)
     for key in UNSUPPORTED_MESSAGE_KEYS:
         if message.get(key):

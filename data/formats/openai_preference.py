@@ -1,0 +1,45 @@
+"""OpenAI preference (DPO) fine-tuning JSONL:
+`{"input": {"messages": [...]}, "preferred_output": [{"role": "assistant", "content": "..."}],
+"non_preferred_output": [{"role": "assistant", "content": "..."}]}`.
+
+`input.messages` are read exactly as the messages of OpenAI chat fine-tuning (`openai`): text and
+`image_url` parts, roles system/developer/user/assistant. Each output is one assistant message.
+`weight` means nothing here (the prompt is context, both replies are compared), so it is ignored
+with a warning; tool definitions are refused as in chat fine-tuning.
+"""
+
+from __future__ import annotations
+
+from gemlora.data.formats.common import (
+    MISSING,
+    Draft,
+    PreferenceDraft,
+    require_dict,
+    require_list,
+)
+from gemlora.data.formats.openai import add_message, refuse_tools
+
+
+def convert(record: dict) -> PreferenceDraft:
+    conversation = require_dict(record.get("input", MISSING), "input")
+    refuse_tools(conversation, "input.")
+    return PreferenceDraft(
+        prompt=_draft(conversation.get("messages", MISSING), "input.messages"),
+        chosen=_draft(record.get("preferred_output", MISSING), "preferred_output"),
+        rejected=_draft(record.get("non_preferred_output", MISSING), "non_preferred_output"),
+    )
+
+
+def _draft(messages: object, container: str) -> Draft:
+    draft = Draft(container=container)
+    for index, raw in enumerate(require_list(messages, container)):
+        field = f"{container}[{index}]"
+        message = require_dict(raw, field)
+        if message.get("weight") is not None:
+            draft.warn(
+                f"{field}.weight",
+                "ignored: in preference data the prompt is context and both replies are compared",
+            )
+            message = {key: value for key, value in message.items() if key != "weight"}
+        add_message(draft, message, field)
+    return draft
