@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gemlora.data.example import DatasetError, Problem
-from gemlora.data.formats.common import DatasetFormat
+from gemlora.data.formats.common import PREFERENCE_FORMATS, AnyFormat, DatasetFormat
 from gemlora.data.tokens import OverlongPolicy
 
 app = typer.Typer(no_args_is_help=True)
@@ -29,6 +29,15 @@ FormatOption = Annotated[
     DatasetFormat | None,
     typer.Option("--format", "-f", help="openai, hf or sharegpt (default: detected)."),
 ]
+AnyFormatOption = Annotated[
+    AnyFormat | None,
+    typer.Option(
+        "--format",
+        "-f",
+        help="Chat: openai, hf, sharegpt; preference: openai-preference, trl-preference "
+        "(default: detected).",
+    ),
+]
 MaxImagesOption = Annotated[int, typer.Option(help="Most images one example may have.")]
 AllowRemoteOption = Annotated[
     bool, typer.Option(help="Fetch https image URLs (under the SSRF policy); off by default.")
@@ -37,13 +46,13 @@ AllowRemoteOption = Annotated[
 
 @app.callback()
 def callback() -> None:
-    """Validate and preview chat datasets."""
+    """Validate and preview chat and preference datasets."""
 
 
 @app.command()
 def validate(
     file: FileArgument,
-    format: FormatOption = None,
+    format: AnyFormatOption = None,
     model: Annotated[
         str | None,
         typer.Option("--model", "-m", help="Base whose processor measures token lengths."),
@@ -60,13 +69,16 @@ def validate(
 ) -> None:
     """Check a dataset and report counts, token lengths, images and every problem.
 
-    Exits 1 when there is any error.
+    Preference (DPO) datasets are told apart by their records and checked as pairs: a prompt
+    ending with a user turn, two different one-message assistant replies, and prompt + each
+    reply within the max length. Exits 1 when there is any error.
     """
-    from gemlora.data.report import validate_dataset
+    from gemlora.data.report import validate_dataset, validate_preferences
 
     options = _read_options(max_images, allow_remote, strict)
+    check = validate_preferences if _is_preference(file, format) else validate_dataset
     try:
-        report = validate_dataset(
+        report = check(
             file, format, options=options, model=model, max_length=max_length, overlong=overlong
         )
     except DatasetError as error:
@@ -84,7 +96,7 @@ def validate(
 def preview(
     file: FileArgument,
     n: Annotated[int, typer.Option("-n", help="How many examples to show.")] = 3,
-    format: FormatOption = None,
+    format: AnyFormatOption = None,
     model: Annotated[
         str,
         typer.Option(
@@ -97,13 +109,16 @@ def preview(
     """Print the first valid examples exactly as the model will see them.
 
     The base's chat template is rendered and tokenized by its processor, images expanded to
-    their tokens, and the token ids decoded back to text.
+    their tokens, and the token ids decoded back to text. For a preference pair: the prompt up
+    to the opening of the model's turn, then the chosen and the rejected reply.
     """
-    from gemlora.data.reader import read_dataset
+    from gemlora.data.reader import read_dataset, read_preferences
     from gemlora.data.tokens import load_token_counter
 
+    preference = _is_preference(file, format)
+    read_file = read_preferences if preference else read_dataset
     try:
-        read = read_dataset(
+        read = read_file(
             file, format, options=_read_options(max_images, allow_remote, False), limit=n
         )
         counter = load_token_counter(model)
@@ -119,9 +134,11 @@ def preview(
         )
         raise typer.Exit(1)
     for example in read.examples:
+        if preference:
+            _preview_pair(counter, example)
+            continue
         ids = counter.encode(example)
-        images = len(example.images)
-        console.rule(f"{example.source} · {len(ids)} tokens · {images} image{'s' * (images != 1)}")
+        console.rule(f"{example.source} · {len(ids)} tokens · {_images(example)}")
         typer.echo(counter.tokenizer.decode(ids, skip_special_tokens=False))
     if read.errors:
         console.print(f"[yellow]{len(read.errors)} invalid records skipped (see `validate`)[/]")
@@ -169,12 +186,37 @@ def split(
 def samples(
     out: Annotated[Path | None, typer.Option(help="Directory to write into.")] = None,
 ) -> None:
-    """Write the sample datasets (shapes-vqa, style-chat); the same bytes every run."""
+    """Write the sample datasets; the same bytes every run.
+
+    shapes-vqa and style-chat (OpenAI chat JSONL), style-preference (OpenAI preference JSONL).
+    """
     from gemlora.data.sample_sets import SAMPLES_DIR, write_samples
 
     target = out or SAMPLES_DIR
     for name, counts in write_samples(target).items():
         console.print(f"{name}: {counts['train']} train, {counts['eval']} eval -> {target / name}")
+
+
+def _is_preference(file: Path, format: AnyFormat | None) -> bool:
+    from gemlora.data.reader import is_preference_file
+
+    return format in PREFERENCE_FORMATS if format else is_preference_file(file)
+
+
+def _preview_pair(counter, example) -> None:
+    from gemlora.data.tokens import encode_preference
+
+    tokens = encode_preference(counter, example)
+    console.rule(f"{example.source} · prompt {len(tokens.prompt)} tokens · {_images(example)}")
+    typer.echo(counter.tokenizer.decode(tokens.prompt, skip_special_tokens=False))
+    for title, ids in (("chosen", tokens.chosen), ("rejected", tokens.rejected)):
+        console.rule(f"{title} · {len(ids)} tokens", align="left", style="dim")
+        typer.echo(counter.tokenizer.decode(ids, skip_special_tokens=False))
+
+
+def _images(example) -> str:
+    count = len(example.images)
+    return f"{count} image{'s' * (count != 1)}"
 
 
 def _read_options(max_images: int, allow_remote: bool, strict: bool):
@@ -193,22 +235,24 @@ def _print_summary(report) -> None:
     table.add_row("file", f"{read.path} ({read.format})")
     rejected = read.records - len(read.examples)
     left_out = len(read.examples) - len(report.examples)
+    pairs = read.format in PREFERENCE_FORMATS
     table.add_row(
-        "examples",
+        "pairs" if pairs else "examples",
         f"{len(report.examples)} usable of {read.records} records "
         f"({rejected} invalid, {left_out} over-long)",
     )
     stats = report.length_stats()
     if stats:
+        measured = "prompt + longer reply, " if pairs else ""
         table.add_row(
             "tokens",
             f"min {stats.min}, median {stats.median}, p95 {stats.p95}, max {stats.max} "
-            f"(max length {report.max_length}, {report.model})",
+            f"({measured}max length {report.max_length}, {report.model})",
         )
     elif report.model is None:
         table.add_row("tokens", "not measured: pass --model (e.g. --model gemma-3-270m)")
     per_example = ", ".join(f"{n}: {count}" for n, count in report.images_per_example().items())
-    table.add_row("images/example", per_example or "-")
+    table.add_row("images/pair" if pairs else "images/example", per_example or "-")
     table.add_row("problems", f"{len(report.errors)} errors, {len(report.warnings)} warnings")
     console.print(table)
 
