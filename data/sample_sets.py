@@ -4,6 +4,8 @@
   that have one exact answer ("red", "3", "left"). OpenAI chat JSONL with relative image paths.
 - `style-chat`: text-only questions whose every answer starts with "Ahoy!" and ends with
   "— Captain Gem": a style a base model does not have, so an adapter that learned it shows.
+- `style-preference`: the same questions as preference pairs (OpenAI preference JSONL): the
+  Captain Gem reply preferred, the plain answer rejected. Its eval questions are style-chat's.
 
 Each set has `train.jsonl` and a held-out `eval.jsonl`, split by `gemlora.data.split` on content.
 Run `gemlora data samples` (or `python -m gemlora.data.sample_sets`).
@@ -22,6 +24,7 @@ from pathlib import Path
 from gemlora.data.example import Example, ImagePart, Message, TextPart
 from gemlora.data.formats.openai import openai_record
 from gemlora.data.images import ImageLimits, decode_image
+from gemlora.data.preference import PreferenceExample
 from gemlora.data.split import split_examples
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
@@ -288,6 +291,43 @@ def write_style_chat(out: Path) -> dict[str, int]:
     return {"train": len(split.train), "eval": len(split.eval)}
 
 
+# --- style-preference ------------------------------------------------------------------------
+
+
+def write_style_preference(out: Path) -> dict[str, int]:
+    pairs = [
+        PreferenceExample(
+            prompt=(Message("user", (TextPart(question),)),),
+            chosen=Message("assistant", (TextPart(styled(answer)),), weight=1),
+            rejected=Message("assistant", (TextPart(answer),), weight=1),
+        )
+        for question, answer in FACTS
+    ]
+    # Split as style-chat is (its seed, on the pair's chosen conversation, which is the
+    # style-chat example), so both sets hold out the same questions: an adapter trained on
+    # either set is evaluated on questions it never saw.
+    split = split_examples(
+        pairs,
+        STYLE_EVAL_FRACTION,
+        seed="style-chat",
+        by=lambda pair: pair.chosen_example().digest(),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    for side, chosen in (("train", split.train), ("eval", split.eval)):
+        _write_jsonl(out / f"{side}.jsonl", [_openai_preference_record(pair) for pair in chosen])
+    return {"train": len(split.train), "eval": len(split.eval)}
+
+
+def _openai_preference_record(pair: PreferenceExample) -> dict:
+    """A text-only pair as one line of OpenAI's preference fine-tuning format."""
+    prompt = openai_record(Example(pair.prompt), _no_images)["messages"]
+    return {
+        "input": {"messages": prompt},
+        "preferred_output": [{"role": "assistant", "content": pair.chosen.text}],
+        "non_preferred_output": [{"role": "assistant", "content": pair.rejected.text}],
+    }
+
+
 # --- writing ---------------------------------------------------------------------------------
 
 
@@ -303,6 +343,7 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
 SAMPLE_SETS: dict[str, Callable[[Path], dict[str, int]]] = {
     "shapes-vqa": write_shapes_vqa,
     "style-chat": write_style_chat,
+    "style-preference": write_style_preference,
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gemlora.data import read_dataset
+from gemlora.data import read_dataset, read_preferences
 from gemlora.data.sample_sets import COLOURS, SHAPES, write_samples
 
 
@@ -66,3 +66,22 @@ def test_style_chat_teaches_a_checkable_style(samples_dir):
         assert len(reply) < 120 and not example.images
     prompts = {e.messages[0].text for e in train.examples}
     assert not prompts & {e.messages[0].text for e in held_out.examples}
+
+
+def test_style_preference_prefers_the_style_and_holds_out_style_chats_questions(samples_dir):
+    directory = samples_dir / "style-preference"
+    train, held_out = (
+        read_preferences(directory / "train.jsonl"),
+        read_preferences(directory / "eval.jsonl"),
+    )
+    assert (train.format, train.problems, held_out.problems) == ("openai-preference", [], [])
+    assert 50 <= len(train.examples) <= 70 and 8 <= len(held_out.examples) <= 15
+    for pair in train.examples + held_out.examples:
+        chosen, rejected = pair.chosen.text, pair.rejected.text
+        assert chosen == f"Ahoy! {rejected} — Captain Gem"
+        assert len(pair.prompt) == 1 and not pair.images
+    # The chosen conversations are style-chat's examples, split the same way.
+    style_chat = samples_dir / "style-chat"
+    for side, pairs in (("train", train), ("eval", held_out)):
+        chats = read_dataset(style_chat / f"{side}.jsonl").examples
+        assert [pair.chosen_example() for pair in pairs.examples] == chats
