@@ -18,65 +18,89 @@ platform's punica wrapper.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
 QUALNAME = "gemlora.serve.cpu_lora.GroupedPunicaWrapperCPU"
 logger = logging.getLogger("gemlora.cpu_lora")
 
-# (adapter slot, its tokens): a slice when the whole batch uses one adapter
-Group = tuple[int, slice | torch.Tensor]
+
+@dataclass(frozen=True)
+class Grouping:
+    """A batch's tokens grouped by adapter slot. `order` lists the token rows sorted by slot
+    (None: the whole batch has one adapter, or none) and `inverse` puts them back; each group
+    is a contiguous run `[start, end)` of that order. Tokens without an adapter (slot -1) sort
+    first and belong to no group."""
+
+    order: torch.Tensor | None
+    inverse: torch.Tensor | None
+    groups: tuple[tuple[int, int, int], ...]  # (slot, start, end)
+    covered_from: int  # rows of `order` before this have no adapter
 
 
-def group_tokens(token_slots: torch.Tensor) -> list[Group]:
-    """The adapter slots used in a batch (slot -1, no adapter, left out) with their tokens."""
-    if token_slots.numel() == 0:
-        return []
+NO_ADAPTER = Grouping(None, None, (), 0)
+
+
+def group_tokens(token_slots: torch.Tensor) -> Grouping:
+    """Group a batch's tokens by adapter slot, once per step."""
+    count = token_slots.numel()
+    if count == 0:
+        return NO_ADAPTER
     first = int(token_slots[0])
     if bool((token_slots == first).all()):
-        return [] if first < 0 else [(first, slice(None))]
-    return [
-        (slot, (token_slots == slot).nonzero().squeeze(-1))
-        for slot in torch.unique(token_slots).tolist()
-        if slot >= 0
-    ]
+        return NO_ADAPTER if first < 0 else Grouping(None, None, ((first, 0, count),), 0)
+    order = torch.argsort(token_slots, stable=True)
+    slots, counts = torch.unique_consecutive(token_slots[order], return_counts=True)
+    groups, start = [], 0
+    for slot, size in zip(slots.tolist(), counts.tolist(), strict=True):
+        if slot >= 0:
+            groups.append((slot, start, start + size))
+        start += size
+    covered_from = groups[0][1] if groups else count
+    return Grouping(order, torch.argsort(order), tuple(groups), covered_from)
 
 
-def covers_every_token(groups: list[Group], token_slots: torch.Tensor) -> bool:
-    """Whether every token has an adapter (nothing to zero for the others)."""
-    if len(groups) == 1 and isinstance(groups[0][1], slice):
-        return True
-    return not bool((token_slots < 0).any())
+def _grouped_linear(x: torch.Tensor, weights: torch.Tensor, grouping: Grouping) -> torch.Tensor:
+    """Each token's row times its adapter's matrix (`weights`: `[slots, out, in]`), in batch
+    order: one matmul per adapter on a contiguous run of the sorted rows, no copy of any
+    adapter's weights. Rows without an adapter are zero."""
+    if grouping.order is None:  # one adapter for the whole batch
+        return F.linear(x, weights[grouping.groups[0][0]])
+    rows = x.index_select(0, grouping.order)
+    parts = [F.linear(rows[start:end], weights[slot]) for slot, start, end in grouping.groups]
+    if grouping.covered_from:
+        parts.insert(0, rows.new_zeros(grouping.covered_from, weights.shape[1]))
+    return torch.cat(parts).index_select(0, grouping.inverse)
 
 
-def shrink(y, x, stacked_a, groups: list[Group], every_token: bool, scale: float) -> None:
+def shrink(y, x, stacked_a, grouping: Grouping, scale: float) -> None:
     """`y = scale * x @ A[slot].T` for each token's adapter, overwriting `y` (vLLM's
     `bgmv_shrink`); tokens without an adapter get zeros."""
-    x = x.to(y.dtype)
-    rank = stacked_a.shape[-2]
-    if not every_token:
-        y[:, :rank].zero_()
-    for slot, rows in groups:
-        lora_a = stacked_a[slot].reshape(rank, -1).to(y.dtype)
-        y[rows, :rank] = torch.mm(x[rows], lora_a.t()).mul_(scale)
+    slots, rank = stacked_a.shape[0], stacked_a.shape[-2]
+    target = y[:, :rank]
+    if not grouping.groups:
+        target.zero_()
+        return
+    weights = stacked_a.reshape(slots, rank, -1).to(y.dtype)
+    out = _grouped_linear(x.to(y.dtype), weights, grouping)
+    target.copy_(out.mul_(scale) if scale != 1.0 else out)
 
 
-def expand(y, x, stacked_b, groups: list[Group], every_token: bool, offset: int, size: int, add):
+def expand(y, x, stacked_b, grouping: Grouping, offset: int, size: int, add: bool) -> None:
     """`y[:, offset:offset+size] (+)= x @ B[slot].T` for each token's adapter (vLLM's
     `bgmv_expand_slice`)."""
-    columns = slice(offset, offset + size)
-    rank = stacked_b.shape[-1]
-    x = x.to(y.dtype)
-    if not add and not every_token:
-        y[:, columns].zero_()
-    for slot, rows in groups:
-        lora_b = stacked_b[slot].reshape(-1, rank)[:size].to(y.dtype)
-        product = torch.mm(x[rows], lora_b.t())
-        if add:
-            y[rows, columns] += product
-        else:
-            y[rows, columns] = product
+    target = y[:, offset : offset + size]
+    if not grouping.groups:
+        if not add:
+            target.zero_()
+        return
+    slots, rank = stacked_b.shape[0], stacked_b.shape[-1]
+    weights = stacked_b.reshape(slots, -1, rank)[:, :size].to(y.dtype)
+    out = _grouped_linear(x.to(y.dtype), weights, grouping)
+    target.add_(out) if add else target.copy_(out)
 
 
 class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
@@ -84,21 +108,18 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._groups: list[Group] = []  # no adapter until the first batch's metadata
-        self._every_token = False
+        self._grouping = NO_ADAPTER  # until the first batch's metadata
         logger.info("LoRA on CPU: %s, one matmul per adapter in a batch", type(self).__name__)
 
     def update_metadata(self, *args, **kwargs) -> None:
         super().update_metadata(*args, **kwargs)
-        slots = self.token_lora_indices
-        self._groups = group_tokens(slots)
-        self._every_token = covers_every_token(self._groups, slots)
+        self._grouping = group_tokens(self.token_lora_indices)
 
     def _shrink(self, y, x, w_t_all, scale) -> None:
-        shrink(y, x, w_t_all, self._groups, self._every_token, scale)
+        shrink(y, x, w_t_all, self._grouping, scale)
 
     def _expand_slice(self, y, x, w_t_all, y_offset, y_slice_size, add_inputs) -> None:
-        expand(y, x, w_t_all, self._groups, self._every_token, y_offset, y_slice_size, add_inputs)
+        expand(y, x, w_t_all, self._grouping, y_offset, y_slice_size, add_inputs)
 
     def _expand(self, y, x, w_t_all, add_inputs) -> None:
         size = min(w_t_all.shape[-2], y.shape[-1])  # vLLM pads LoRA and model differently

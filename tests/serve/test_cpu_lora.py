@@ -27,9 +27,7 @@ def wrapper(kind, token_slots: torch.Tensor, prefill: bool):
     if prefill:
         punica._update_prefill_metadata(punica.token_lora_indices)
     if kind is GroupedPunicaWrapperCPU:
-        slots = punica.token_lora_indices
-        punica._groups = group_tokens(slots)
-        punica._every_token = not bool((slots < 0).any())
+        punica._grouping = group_tokens(punica.token_lora_indices)
     return punica
 
 
@@ -80,10 +78,18 @@ def test_tokens_without_an_adapter_get_no_lora_term(prefill):
 
 
 def test_one_adapter_for_the_whole_batch_is_one_group_without_a_gather():
-    assert group_tokens(torch.tensor([2, 2, 2])) == [(2, slice(None))]
-    assert group_tokens(torch.tensor([-1, -1])) == []
-    groups = group_tokens(torch.tensor([1, -1, 0, 1]))
-    assert [(slot, rows.tolist()) for slot, rows in groups] == [(0, [2]), (1, [0, 3])]
+    one = group_tokens(torch.tensor([2, 2, 2]))
+    assert one.order is None and one.groups == ((2, 0, 3),)
+    assert group_tokens(torch.tensor([-1, -1])).groups == ()
+
+
+def test_mixed_batches_are_sorted_into_contiguous_runs_per_adapter():
+    grouping = group_tokens(torch.tensor([1, -1, 0, 1, -1]))
+    # sorted: the two tokens without an adapter, then slot 0's token, then slot 1's two
+    assert grouping.order.tolist() == [1, 4, 2, 0, 3]
+    assert grouping.groups == ((0, 2, 3), (1, 3, 5))
+    assert grouping.covered_from == 2
+    assert grouping.order[grouping.inverse].tolist() == [0, 1, 2, 3, 4]
 
 
 def test_the_plugin_makes_it_the_cpu_platforms_punica_wrapper(monkeypatch):
