@@ -53,10 +53,14 @@ class EnginePool:
         self.engines: dict[str, object] = {}  # least recently used first
 
     def get(self, base: str, **settings):
-        """The engine for `base`, with `EngineConfig` `settings` beyond the pool's defaults."""
+        """The engine for `base`, with `EngineConfig` `settings` beyond the pool's defaults.
+        Without settings, any live engine of `base` will do (extra settings such as hot
+        adapters only add to what an engine serves), which saves a start on 2 cores."""
         from gemlora.serve.engine import EngineConfig, start_engine
 
         key = json.dumps([base, settings], sort_keys=True)
+        if not settings:
+            key = next((k for k in reversed(self.engines) if json.loads(k)[0] == base), key)
         if key in self.engines:
             self.engines[key] = self.engines.pop(key)
             return self.engines[key]
