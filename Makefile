@@ -35,7 +35,7 @@ test-fast: install  ## tests that need no vLLM engine
 bench-gateway: install  ## gateway overhead vs vLLM directly at 1/8/32 clients (JSON; ~10 min)
 	$(PY) benchmarks/gateway.py --out benchmarks/results/gateway.json
 
-bench-serving: install  ## base vs 1 vs N adapters, vLLM's vs gemlora's CPU LoRA kernels (JSON + PNG; ~15 min)
+bench-serving: install  ## base, 1 and N adapters; gemlora vs vLLM kernels vs before; hot and new adapters (JSON + PNG; ~50 min)
 	$(PY) benchmarks/serving.py --out benchmarks/results/serving.json
 
 bench-train: install  ## gemlora's trainer vs plain TRL: step time, memory, loss curves (JSON + PNG; ~20 min)

@@ -13,15 +13,18 @@ projection registered in it (`bench-K@champion`), and vLLM engines on the base o
 - `vllm kernels`: the same with vLLM's own CPU LoRA kernels (`GEMLORA_CPU_LORA=vllm`);
 - `max_loras>=N`: the same as `shipped` with `max_loras` above the largest N, and hot adapters
   (`bench-hot-*@champion`, loaded and pinned at start-up);
+- `before`: the engine as it was before gemlora chose the precision and the LoRA kernels
+  (`--dtype bfloat16`, `max_loras: 4`, vLLM's CPU LoRA kernels);
 
 and the gateway in front of `shipped` (`via gateway`).
 
-Three fp32 engines do not fit in this machine's 24 GB, so it runs in two phases of two engines.
-Throughput, phase 1: for each workload (the base; one adapter; N adapters mixed, request i
-naming adapter i mod N), rounds alternate over `shipped`, `vllm kernels` and `via gateway` so
-drift hits all alike. Phase 2 replaces `vllm kernels` with `max_loras>=N` and alternates it with
-`shipped` on the base, one adapter and the largest mix. A round is `--requests` streamed chat
-requests from `--clients` closed-loop clients, each answer exactly
+Three fp32 engines do not fit in this machine's 24 GB, so it runs in phases of two engines.
+Throughput, phase 1: workloads (the base; one adapter; N adapters mixed, request i naming
+adapter i mod N) on `shipped`, `vllm kernels` and `via gateway`, each round going over every
+workload and target in turn, so drift hits all alike. Phase 2 replaces `vllm kernels` with
+`max_loras>=N` and alternates it with `shipped` on the base, one adapter and the largest mix.
+Phase 3 alternates `before` with `shipped` on the base and one adapter. A round is
+`--requests` streamed chat requests from `--clients` closed-loop clients, each answer exactly
 `--tokens` tokens (`ignore_eos`; the gateway's contract has no such field, so its answers may
 end early and its tokens/s counts what it generated). Reported: output tokens/s, time to first
 token p50/p99, and tokens/s as a ratio to the base on the same target.
@@ -39,6 +42,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -57,6 +61,7 @@ LORA_TARGETS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj
 HOT = 3  # hot adapters, each measured once on its first request
 NEW = 3  # adapters registered during the run
 ALIAS_TTL_S = 5.0
+BEFORE = "before (bf16)"
 REPORTED_SETTINGS = {"max_loras", "max_cpu_loras", "dtype", "hot_adapters"}
 
 
@@ -110,6 +115,10 @@ def engine_configs(shipped, largest_mix: int) -> dict[str, tuple[object, dict[st
         ),
         "vllm kernels": (
             shipped.model_copy(update={"port": free_port()}),
+            {"GEMLORA_CPU_LORA": "vllm"},
+        ),
+        BEFORE: (
+            shipped.model_copy(update={"port": free_port(), "dtype": "bfloat16", "max_loras": 4}),
             {"GEMLORA_CPU_LORA": "vllm"},
         ),
     }
@@ -203,27 +212,35 @@ async def one_request_s(url: str, model: str, tokens: int) -> float:
 
 
 async def throughput(targets: dict, workloads: dict, options) -> dict:
-    report: dict = {}
-    for workload, models in workloads.items():
-        runs = {label: {"results": [], "seconds": 0.0} for label in targets}
-        for target in targets.values():  # warm every adapter of the workload on every target
+    """Every workload on every target, rounds alternating over both: drift and the load of
+    other processes hit every figure alike, so ratios across targets and workloads compare."""
+    runs = {
+        workload: {label: {"results": [], "seconds": 0.0} for label in targets}
+        for workload in workloads
+    }
+    for target in targets.values():  # warm every adapter of every workload on every target
+        for models in workloads.values():
             await run_round(target, models, options.clients, len(models), 2)
-        for _ in range(options.rounds):
+    for _ in range(options.rounds):
+        for workload, models in workloads.items():
             for label, target in targets.items():
                 run = await run_round(
                     target, models, options.clients, options.requests, options.tokens
                 )
-                runs[label]["results"] += run["results"]
-                runs[label]["seconds"] += run["seconds"]
-        report[workload] = {
+                runs[workload][label]["results"] += run["results"]
+                runs[workload][label]["seconds"] += run["seconds"]
+    report = {
+        workload: {
             label: summarise(run, options.tokens, targets[label]["fixed_length"])
-            for label, run in runs.items()
+            for label, run in by_label.items()
         }
-        print(workload, json.dumps(report[workload]), file=sys.stderr)
-    for figures in report.values():
+        for workload, by_label in runs.items()
+    }
+    for workload, figures in report.items():
         for label, row in figures.items():
             base_rate = report["base"][label]["tokens_per_s"]
             row["ratio_to_base"] = round(row["tokens_per_s"] / base_rate, 3)
+        print(workload, json.dumps(figures), file=sys.stderr)
     return report
 
 
@@ -375,6 +392,15 @@ async def run(options, mixed: list[int]) -> dict:
             phase_two = ("base", "1 adapter", f"{max(mixed)} mixed")
             largest = {name: workloads[name] for name in phase_two}
             slots = await throughput(targets, largest, options)
+
+            engines.pop(wide).stop()
+            engines |= start_engines({BEFORE: configs[BEFORE]}, registry_config, scratch)
+            targets = {label: engine_target(engine) for label, engine in engines.items()}
+            before = {name: workloads[name] for name in ("base", "1 adapter")}
+            against_before = await throughput(targets, before, options)
+        except BaseException:
+            keep_logs(scratch, options.out.parent / "serving-logs")
+            raise
         finally:
             if gateway is not None:
                 gateway.terminate()
@@ -392,8 +418,21 @@ async def run(options, mixed: list[int]) -> dict:
         "options": {k: v for k, v in vars(options).items() if k != "out"},
         "throughput": results,
         "max_loras": slots,
+        "before": against_before,
+        "shipped_over_before": {
+            workload: round(row["shipped"]["tokens_per_s"] / row[BEFORE]["tokens_per_s"], 2)
+            for workload, row in against_before.items()
+        },
         "first_requests": firsts,
     }
+
+
+def keep_logs(scratch: Path, to: Path) -> None:
+    """The engines' and the gateway's logs, kept when a run fails (the scratch dir is not)."""
+    to.mkdir(parents=True, exist_ok=True)
+    for log in scratch.glob("*.log"):
+        shutil.copy(log, to / log.name)
+    print(f"the run failed; engine logs kept in {to}", file=sys.stderr)
 
 
 def engine_target(engine) -> dict:
