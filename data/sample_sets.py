@@ -23,6 +23,7 @@ from pathlib import Path
 
 from gemlora.data.example import Example, ImagePart, Message, TextPart
 from gemlora.data.formats.openai import openai_record
+from gemlora.data.formats.openai_preference import openai_preference_record
 from gemlora.data.images import ImageLimits, decode_image
 from gemlora.data.preference import PreferenceExample
 from gemlora.data.split import split_examples
@@ -314,18 +315,9 @@ def write_style_preference(out: Path) -> dict[str, int]:
     )
     out.mkdir(parents=True, exist_ok=True)
     for side, chosen in (("train", split.train), ("eval", split.eval)):
-        _write_jsonl(out / f"{side}.jsonl", [_openai_preference_record(pair) for pair in chosen])
+        records = [openai_preference_record(pair, _no_images) for pair in chosen]
+        _write_jsonl(out / f"{side}.jsonl", records)
     return {"train": len(split.train), "eval": len(split.eval)}
-
-
-def _openai_preference_record(pair: PreferenceExample) -> dict:
-    """A text-only pair as one line of OpenAI's preference fine-tuning format."""
-    prompt = openai_record(Example(pair.prompt), _no_images)["messages"]
-    return {
-        "input": {"messages": prompt},
-        "preferred_output": [{"role": "assistant", "content": pair.chosen.text}],
-        "non_preferred_output": [{"role": "assistant", "content": pair.rejected.text}],
-    }
 
 
 # --- writing ---------------------------------------------------------------------------------

@@ -10,6 +10,10 @@ with a warning; tool definitions are refused as in chat fine-tuning.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from gemlora.data.example import Example
 from gemlora.data.formats.common import (
     MISSING,
     Draft,
@@ -17,7 +21,10 @@ from gemlora.data.formats.common import (
     require_dict,
     require_list,
 )
-from gemlora.data.formats.openai import add_message, refuse_tools
+from gemlora.data.formats.openai import add_message, openai_record, refuse_tools
+
+if TYPE_CHECKING:
+    from gemlora.data.preference import PreferenceExample
 
 
 def convert(record: dict) -> PreferenceDraft:
@@ -43,3 +50,16 @@ def _draft(messages: object, container: str) -> Draft:
             message = {key: value for key, value in message.items() if key != "weight"}
         add_message(draft, message, field)
     return draft
+
+
+def openai_preference_record(
+    pair: PreferenceExample, image_url: Callable[[int], str]
+) -> dict[str, Any]:
+    """The pair as one line of this format; `image_url(i)` gives image i's URL (a path relative
+    to the file, or a data URL)."""
+    prompt = openai_record(Example(pair.prompt, pair.images), image_url)["messages"]
+    return {
+        "input": {"messages": prompt},
+        "preferred_output": [{"role": "assistant", "content": pair.chosen.text}],
+        "non_preferred_output": [{"role": "assistant", "content": pair.rejected.text}],
+    }

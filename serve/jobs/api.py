@@ -33,7 +33,13 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from gemlora.adapters import AdapterRegistry
+from gemlora.adapters import (
+    AdapterError,
+    AdapterNotFoundError,
+    AdapterRegistry,
+    InvalidRefError,
+    RegistryUnavailableError,
+)
 from gemlora.bases import load_catalogue, resolve_base
 from gemlora.data.remote import ImageFetcher
 from gemlora.serve.gateway.auth import ApiKey, Authenticator
@@ -226,12 +232,14 @@ class JobsApi:
     async def create_job(self, request: Request) -> JSONResponse:
         key: ApiKey = request.state.key
         create = _parse_create(await request.body())
-        quantized = self._check_base(create.model)
+        base_model, init_adapter = await asyncio.to_thread(self._base_of, create.model)
+        quantized = self._check_base(base_model, create.model)
         files = {
             param: self._training_file(key, param, getattr(create, param))
             for param in ("training_file", "validation_file")
             if getattr(create, param) is not None
         }
+        _check_file_kinds(files, create.method_type)
         job_id = new_id("ftjob")
         name = adapter_name(create, job_id)
         if not key.may_use(name):
@@ -246,6 +254,8 @@ class JobsApi:
         try:
             document = training_document(
                 create,
+                base_model=base_model,
+                init_adapter=init_adapter,
                 quantized_base=quantized,
                 name=name,
                 train_file=self.store.file_path(files["training_file"].id),
@@ -274,6 +284,7 @@ class JobsApi:
             validation_file=create.validation_file,
             name=name,
             request={
+                "method": create.method_type,
                 "hyperparameters": effective_hyperparameters(train_config, create),
                 "seed": train_config["training"]["seed"],
                 "suffix": create.suffix,
@@ -285,19 +296,45 @@ class JobsApi:
         self.runner.wake()
         return JSONResponse(self.job_object(job))
 
-    def _check_base(self, model: str) -> bool:
+    def _base_of(self, model: str) -> tuple[str, str | None]:
+        """The base a job trains, and the adapter version it starts from: `model` is a
+        catalogue base, or an adapter reference (OpenAI allows a fine-tuned model there)."""
+        if model in load_catalogue() or self.context.registry is None:
+            return model, None
+        try:
+            version = self.context.registry.lookup(model)
+        except (AdapterNotFoundError, InvalidRefError):
+            return model, None  # neither: `_check_base` names the catalogue
+        except RegistryUnavailableError as error:
+            raise GatewayError(503, str(error), code="registry_unavailable") from None
+        except AdapterError as error:
+            raise GatewayError(
+                400, f"model: {error}", param="model", code="invalid_value"
+            ) from None
+        if version.metadata is None:
+            raise GatewayError(
+                400,
+                f"model: adapter {model!r} was not registered by gemlora (no base recorded); "
+                "name a base or a gemlora adapter",
+                param="model",
+                code="invalid_value",
+            )
+        return version.metadata.base, f"{version.name}/{version.version}"
+
+    def _check_base(self, base: str, model: str) -> bool:
         """The base must be a catalogue base of the family the engine serves (so that the
         adapter is callable here); returns whether it is quantized."""
         catalogue = load_catalogue()
-        if model not in catalogue:
+        if base not in catalogue:
             raise GatewayError(
                 400,
-                f"model: {model!r} is not a base in the catalogue ({', '.join(catalogue)})",
+                f"model: {model!r} is neither a base in the catalogue ({', '.join(catalogue)}) "
+                "nor a registered adapter",
                 param="model",
                 code="model_not_found",
             )
         try:
-            spec = resolve_base(model)
+            spec = resolve_base(base)
         except LookupError as error:
             raise GatewayError(
                 400, f"model: {error}", param="model", code="model_not_built"
@@ -306,7 +343,7 @@ class JobsApi:
             raise GatewayError(
                 400,
                 f"model: this gateway serves the {self.served_family} family; an adapter "
-                f"trained on {model} ({spec.family}) could not be called here",
+                f"trained on {base} ({spec.family}) could not be called here",
                 param="model",
                 code="model_not_servable",
             )
@@ -386,6 +423,7 @@ class JobsApi:
 
     def job_object(self, job: JobRecord) -> dict[str, Any]:
         hyperparameters = job.request["hyperparameters"]
+        method = job.request.get("method", "supervised")  # jobs stored before DPO have none
         return {
             "id": job.id,
             "object": "fine_tuning.job",
@@ -398,7 +436,7 @@ class JobsApi:
             "training_file": job.training_file,
             "validation_file": job.validation_file,
             "hyperparameters": hyperparameters,
-            "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+            "method": {"type": method, method: {"hyperparameters": hyperparameters}},
             "seed": job.request["seed"],
             "user_provided_suffix": job.request["suffix"],
             "metadata": job.request["metadata"],
@@ -531,6 +569,25 @@ def _list(data: list[dict], has_more: bool) -> JSONResponse:
 
 def _short(object_id: str) -> str:
     return object_id.rsplit("-", 1)[-1][:12]
+
+
+def _check_file_kinds(files: dict[str, FileRecord], method: str) -> None:
+    """A DPO job trains on preference pairs, a supervised one on chats: every file given must
+    hold what its method needs (one 400 lists each file that does not)."""
+    needed = "preference" if method == "dpo" else "chat"
+    wrong = [
+        f"{param}: {record.id} ({record.filename}) holds {kind} examples"
+        for param, record in files.items()
+        if (kind := record.summary.get("kind", "chat")) != needed
+    ]
+    if wrong:
+        what = "preference pairs" if needed == "preference" else "chat examples"
+        raise GatewayError(
+            400,
+            f"a {method} job trains on {what}: " + "; ".join(wrong),
+            param=wrong[0].split(":")[0],
+            code="invalid_file",
+        )
 
 
 def _family(base: str) -> str | None:

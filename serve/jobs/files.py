@@ -1,13 +1,15 @@
 """Uploaded fine-tuning files: checked with `data/` on arrival, stored in one normal form.
 
 An upload in any dataset format `data/` reads (OpenAI chat JSONL, a ShareGPT/LLaVA JSON array,
-a Hugging Face parquet file) is validated as `gemlora data validate` would: roles, content,
-image count, and every image loaded under the byte and pixel limits. Image URLs are fetched by
+a Hugging Face parquet file; for DPO, OpenAI preference JSONL or TRL preference rows) is
+validated as `gemlora data validate` would: roles, content, replies, image count, and every
+image loaded under the byte and pixel limits. The summary's `kind` (`chat` or `preference`)
+says which training method the file can feed. Image URLs are fetched by
 the gateway's SSRF-safe fetcher under its image policy; a relative path cannot be resolved in an
 upload and is refused. Any error refuses the whole file, naming each bad line and field.
 
-What is stored is OpenAI chat JSONL with every image inline as a `data:` URL, so a training job
-needs nothing but the file: no path, no network.
+What is stored is OpenAI chat (or preference) JSONL with every image inline as a `data:` URL,
+so a training job needs nothing but the file: no path, no network.
 """
 
 from __future__ import annotations
@@ -17,8 +19,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gemlora.data import DatasetError, Example, Problem, ReadOptions, Source, validate_dataset
+from gemlora.data import (
+    DatasetError,
+    Example,
+    PreferenceExample,
+    Problem,
+    ReadOptions,
+    Source,
+    is_preference_file,
+    validate_dataset,
+    validate_preferences,
+)
 from gemlora.data.formats.openai import openai_record as data_openai_record
+from gemlora.data.formats.openai_preference import openai_preference_record
 from gemlora.data.images import data_url
 from gemlora.data.remote import ImageFetcher
 
@@ -47,14 +60,16 @@ def upload_suffix(filename: str) -> str:
 
 def ingest(upload: Path, filename: str, destination: Path, fetcher: ImageFetcher | None) -> dict:
     """Validate the uploaded file at `upload` and write its normal form to `destination`.
-    Returns the file's summary (examples, images, format, digest, warnings); raises
+    Returns the file's summary (kind, examples, images, format, digest, warnings); raises
     `UploadRejected` with every problem when any example has an error."""
     options = ReadOptions(fetcher=fetcher)
+    kind = "preference" if is_preference_file(upload) else "chat"
+    validate = validate_preferences if kind == "preference" else validate_dataset
     try:
-        report = validate_dataset(upload, options=options)
+        report = validate(upload, options=options)
     except DatasetError as error:
         problems = [_named(p, filename) for p in error.problems]
-        raise UploadRejected(f"{filename} cannot be read as a chat dataset:", problems) from None
+        raise UploadRejected(f"{filename} cannot be read as a {kind} dataset:", problems) from None
     errors = [_named(p, filename) for p in report.errors]
     if errors:
         raise UploadRejected(
@@ -67,6 +82,7 @@ def ingest(upload: Path, filename: str, destination: Path, fetcher: ImageFetcher
         raise UploadRejected(f"{filename} has no examples", [])
     write_jsonl(report.examples, destination)
     return {
+        "kind": kind,
         "format": report.read.format,
         "examples": len(report.examples),
         "images": sum(len(example.images) for example in report.examples),
@@ -84,8 +100,9 @@ def _named(problem: Problem, filename: str) -> str:
 # --- the normal form ---------------------------------------------------------------------------
 
 
-def write_jsonl(examples: list[Example], destination: Path) -> None:
-    """OpenAI chat JSONL with images as data URLs, written to a temp file and renamed."""
+def write_jsonl(examples: list[Example] | list[PreferenceExample], destination: Path) -> None:
+    """OpenAI chat (or preference) JSONL with images as data URLs, written to a temp file and
+    renamed."""
     partial = destination.with_suffix(".partial")
     with partial.open("w", encoding="utf-8") as out:
         for example in examples:
@@ -93,6 +110,12 @@ def write_jsonl(examples: list[Example], destination: Path) -> None:
     partial.replace(destination)
 
 
-def openai_record(example: Example) -> dict[str, Any]:
-    """The example as a stored line: OpenAI chat JSONL with its images inline."""
-    return data_openai_record(example, lambda index: data_url(example.images[index]))
+def openai_record(example: Example | PreferenceExample) -> dict[str, Any]:
+    """The example as a stored line: OpenAI chat or preference JSONL with its images inline."""
+
+    def image_url(index: int) -> str:
+        return data_url(example.images[index])
+
+    if isinstance(example, PreferenceExample):
+        return openai_preference_record(example, image_url)
+    return data_openai_record(example, image_url)

@@ -75,6 +75,11 @@ class JobRunner:
         self._scheduler: asyncio.Task | None = None
         self._lock_file = None
 
+    def trained_base(self, job: JobRecord) -> str:
+        """The base the job trains: its `model`, or the base of the adapter it names."""
+        config = yaml.safe_load((self.store.job_dir(job.id) / TRAIN_CONFIG).read_text())
+        return config["base"]["model"]
+
     def run_dir(self, job_id: str) -> Path:
         return self.store.job_dir(job_id) / RUN_DIR
 
@@ -134,8 +139,9 @@ class JobRunner:
     def _validate(self, job: JobRecord) -> None:
         """The files were validated on upload; here they are checked against this job: still
         stored, and images only for a multimodal base."""
+        base = self.trained_base(job)
         try:
-            multimodal = resolve_base(job.model).multimodal
+            multimodal = resolve_base(base).multimodal
         except LookupError as error:
             self._fail(job, "invalid_model", str(error), "model", from_=("validating_files",))
             return
@@ -154,7 +160,7 @@ class JobRunner:
             images = record.summary["images"]
             if images and not multimodal:
                 message = (
-                    f"{param} {file_id} has {images} images, but {job.model} is a text-only "
+                    f"{param} {file_id} has {images} images, but {base} is a text-only "
                     "base: fine-tune a multimodal base, or upload text-only examples"
                 )
                 self._fail(job, f"invalid_{param}", message, param, from_=("validating_files",))

@@ -3,8 +3,14 @@
 The OpenAI fields map onto a gemlora training config (`gemlora.train.TrainConfig`, the same one
 `gemlora train` reads from configs/train/*.yaml):
 
-    model                             base.model (a catalogue base of the served family)
+    model                             base.model (a catalogue base of the served family), or
+                                      an adapter (NAME, NAME@ALIAS, NAME/VERSION): its base,
+                                      and base.init_adapter = that version (train further)
     training_file / validation_file   data.train_file / data.eval_file (the stored files)
+    method.type                       method: supervised (the default) or dpo; the
+                                      hyperparameters below may also come in
+                                      method.supervised / method.dpo, as the SDK sends them
+    method.dpo.hyperparameters.beta   dpo.beta
     hyperparameters.n_epochs          training.epochs
     hyperparameters.batch_size        training.batch_size
     hyperparameters.learning_rate_multiplier
@@ -63,17 +69,50 @@ class Hyperparameters(_Strict):
         return value
 
 
+class DpoHyperparameters(Hyperparameters):
+    """OpenAI's DPO hyperparameters: the supervised ones and `beta`."""
+
+    beta: float | Auto = "auto"
+
+    @field_validator("beta")
+    @classmethod
+    def _positive_beta(cls, value: float | str) -> float | str:
+        if value != "auto" and value <= 0:
+            raise _invalid("must be above 0 (or 'auto')")
+        return value
+
+
 class SupervisedMethod(_Strict):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
 
+class DpoMethod(_Strict):
+    hyperparameters: DpoHyperparameters = Field(default_factory=DpoHyperparameters)
+
+
 class Method(_Strict):
-    type: Literal["supervised"] = Field(description="Only supervised fine-tuning (SFT).")
+    type: Literal["supervised", "dpo"] = Field(
+        description="Supervised fine-tuning (SFT) or preference tuning (DPO)."
+    )
     supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
+
+    @model_validator(mode="after")
+    def _settings_of_its_type(self) -> Method:
+        for other in ("supervised", "dpo"):
+            if other != self.type and getattr(self, other) is not None:
+                raise _invalid(f"method.{other}: given, but method.type is {self.type!r}")
+        return self
+
+    def hyperparameters(self) -> Hyperparameters | None:
+        settings = getattr(self, self.type)
+        return None if settings is None else settings.hyperparameters
 
 
 class CreateJobRequest(_Strict):
-    model: str = Field(min_length=1, description="The base: a catalogue name.")
+    model: str = Field(
+        min_length=1, description="The base (a catalogue name) or an adapter to train further."
+    )
     training_file: str = Field(min_length=1)
     validation_file: str | None = None
     hyperparameters: Hyperparameters | None = None
@@ -108,16 +147,22 @@ class CreateJobRequest(_Strict):
 
     @model_validator(mode="after")
     def _hyperparameters_once(self) -> CreateJobRequest:
-        if self.hyperparameters is not None and self.method and self.method.supervised:
+        if self.hyperparameters is not None and self.method and self.method.hyperparameters():
             raise _invalid(
                 "hyperparameters: give them either at the top level or in "
-                "method.supervised.hyperparameters, not both"
+                f"method.{self.method.type}.hyperparameters, not both"
             )
         return self
 
+    @property
+    def method_type(self) -> Literal["supervised", "dpo"]:
+        return self.method.type if self.method is not None else "supervised"
+
     def resolved_hyperparameters(self) -> Hyperparameters:
-        if self.method is not None and self.method.supervised is not None:
-            return self.method.supervised.hyperparameters
+        if self.method is not None and (chosen := self.method.hyperparameters()) is not None:
+            return chosen
+        if self.method_type == "dpo":
+            return DpoHyperparameters(**dict(self.hyperparameters or {}))
         return self.hyperparameters or Hyperparameters()
 
 
@@ -138,6 +183,8 @@ class TrainSettingsError(ValueError):
 def training_document(
     request: CreateJobRequest,
     *,
+    base_model: str,
+    init_adapter: str | None,
     quantized_base: bool,
     name: str,
     train_file: Path,
@@ -156,11 +203,16 @@ def training_document(
                     f"gemlora.{section}.{field}", "set by the job from the request; leave it out"
                 )
     base = sections.setdefault("base", {})
-    base["model"] = request.model
+    base["model"] = base_model
+    if init_adapter is not None:
+        base["init_adapter"] = init_adapter
     if quantized_base:
         # A compressed-tensors base trains unpacked: the adapter fits the weights served.
         base.setdefault("quantization", "dequantized")
     _apply_hyperparameters(request, sections.setdefault("training", {}))
+    if request.method_type == "dpo":
+        sections["method"] = "dpo"  # a top-level field of the training config
+        _apply_dpo_hyperparameters(request, sections.setdefault("dpo", {}))
     sections.setdefault("data", {}).update(
         train_file=str(train_file), eval_file=str(eval_file) if eval_file else None
     )
@@ -187,6 +239,17 @@ def _apply_hyperparameters(request: CreateJobRequest, training: dict[str, Any]) 
         training["seed"] = request.seed
 
 
+def _apply_dpo_hyperparameters(request: CreateJobRequest, dpo: dict[str, Any]) -> None:
+    beta = request.resolved_hyperparameters().beta
+    if beta == "auto":
+        return
+    if "beta" in dpo:
+        raise TrainSettingsError(
+            "method.dpo.hyperparameters.beta", "also set as gemlora.dpo.beta; set it in one place"
+        )
+    dpo["beta"] = beta
+
+
 def settings_error(problems: list[str]) -> TrainSettingsError:
     """The first problem `gemlora train --check` found, named as the request's
     `gemlora.<path>`."""
@@ -207,8 +270,11 @@ def effective_hyperparameters(config: dict[str, Any], request: CreateJobRequest)
     """What the job object reports: the values training uses (`config` as checked)."""
     epochs = config["training"]["epochs"]
     multiplier = request.resolved_hyperparameters().learning_rate_multiplier
-    return {
+    effective = {
         "n_epochs": int(epochs) if float(epochs).is_integer() else epochs,
         "batch_size": config["training"]["batch_size"],
         "learning_rate_multiplier": 1.0 if multiplier == "auto" else multiplier,
     }
+    if request.method_type == "dpo":
+        effective["beta"] = config["dpo"]["beta"]
+    return effective

@@ -6,13 +6,19 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from pydantic import ValidationError
 
 from gemlora.config import ConfigError
 from gemlora.paths import CONFIGS_DIR, gemlora_home
 from gemlora.serve.config import load_serve_config
 from gemlora.serve.jobs import JobsConfig
 from gemlora.serve.jobs.runner import TrainConfigRejected, checked_training_config
-from gemlora.serve.jobs.schema import CreateJobRequest, apply_lr_multiplier, training_document
+from gemlora.serve.jobs.schema import (
+    CreateJobRequest,
+    apply_lr_multiplier,
+    effective_hyperparameters,
+    training_document,
+)
 
 
 def test_the_demo_config_serves_the_jobs_api_and_others_do_not():
@@ -33,9 +39,11 @@ def test_bad_jobs_settings_are_refused_naming_the_field():
         load_serve_config(demo, ["jobs.workers=2"])
 
 
-def _job_document(request: CreateJobRequest, tmp_path) -> dict:
+def _job_document(request: CreateJobRequest, tmp_path, init_adapter: str | None = None) -> dict:
     return training_document(
         request,
+        base_model=request.model,
+        init_adapter=init_adapter,
         quantized_base=True,
         name="style-1",
         train_file=tmp_path / "train.jsonl",
@@ -81,3 +89,54 @@ def test_gemlora_train_check_names_every_bad_field_of_a_job(tmp_path):
         asyncio.run(checked_training_config(_job_document(request, tmp_path)))
 
     assert [p.split(":")[0] for p in rejected.value.problems] == ["lora.r", "training.warmup"]
+
+
+def test_a_dpo_request_as_the_openai_sdk_sends_it_becomes_a_dpo_training_config(tmp_path):
+    request = CreateJobRequest.model_validate(
+        {
+            "model": "gemma-3-270m-w4a16",
+            "training_file": "file-a",
+            "method": {
+                "type": "dpo",
+                "dpo": {"hyperparameters": {"beta": 0.25, "n_epochs": 2, "batch_size": "auto"}},
+            },
+        }
+    )
+    document = _job_document(request, tmp_path, init_adapter="style/3")
+
+    config = asyncio.run(checked_training_config(document))
+
+    assert config["method"] == "dpo"
+    assert (config["dpo"]["beta"], config["training"]["epochs"]) == (0.25, 2)
+    assert config["base"]["init_adapter"] == "style/3"
+    assert effective_hyperparameters(config, request)["beta"] == 0.25
+
+
+def test_the_sdks_supervised_method_form_sets_the_hyperparameters(tmp_path):
+    request = CreateJobRequest.model_validate(
+        {
+            "model": "gemma-3-270m-w4a16",
+            "training_file": "file-a",
+            "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4}}},
+        }
+    )
+    config = asyncio.run(checked_training_config(_job_document(request, tmp_path)))
+    assert config["method"] == "supervised" and config["training"]["epochs"] == 4
+
+
+@pytest.mark.parametrize(
+    ("method", "field", "message"),
+    [
+        ({"type": "dpo", "supervised": {}}, "method", "method.supervised: given"),
+        ({"type": "reinforcement"}, "method.type", "'supervised' or 'dpo'"),
+        ({"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}, "method.dpo", "above 0"),
+    ],
+)
+def test_a_wrong_method_names_its_field(method, field, message):
+    with pytest.raises(ValidationError) as raised:
+        CreateJobRequest.model_validate(
+            {"model": "gemma-3-270m", "training_file": "file-a", "method": method}
+        )
+    (error,) = raised.value.errors()
+    assert ".".join(map(str, error["loc"])).startswith(field)
+    assert message in error["msg"]
