@@ -32,6 +32,45 @@ def built_models() -> dict[str, Path]:
     return {name: build_model(name).path for name in LOCAL_BASES}
 
 
+# --- test order: engines start as few times as possible -----------------------------------------
+
+# The engine each engine test uses, in the order the session starts them: tests that need no
+# engine run first; then the 270M's tests (its engine carries the hot adapters), the W4A16's,
+# the tiny multimodal model's, and last the test that starts its own engine (`gemlora serve`).
+# With two engines alive at a time, each base's engine then starts once.
+ENGINE_GROUPS = ("none", "gemma-3-270m", "gemma-3-270m-w4a16", "tiny-gemma-3-mm", "own")
+# Modules whose tests use several engines; every other module keeps its tests together.
+MIXED_MODULES = ("test_serve_routing.py", "test_engine_models.py")
+
+
+def engine_group(item: pytest.Item) -> int:
+    module = item.path.name
+    if item.get_closest_marker("engine") is None:
+        group = "none"
+    elif "w4a16" in item.nodeid:
+        group = "gemma-3-270m-w4a16"
+    elif module in ("test_serve_hot_adapters.py", "test_serve_routing.py"):
+        group = "gemma-3-270m"  # the routing tests share the hot-adapter engine
+    elif item.nodeid.endswith("[gemma-3-270m]"):
+        group = "gemma-3-270m"
+    elif module == "test_gateway_serve_cli.py":
+        group = "own"
+    else:
+        group = "tiny-gemma-3-mm"
+    return ENGINE_GROUPS.index(group)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    groups = {item: engine_group(item) for item in items}
+    latest: dict[Path, int] = {}
+    for item, group in groups.items():
+        latest[item.path] = max(group, latest.get(item.path, 0))
+    for item in items:  # a module's tests stay together, in its latest group
+        if item.path.name not in MIXED_MODULES:
+            groups[item] = latest[item.path]
+    items.sort(key=groups.__getitem__)  # stable: the collected order within a group
+
+
 # How soon the session's engines see a moved alias (the product default is 30 s).
 ENGINE_ALIAS_TTL_S = 3.0
 
