@@ -370,7 +370,8 @@ class Gateway:
             exchange.status, exchange.code = 502, "engine_stream_broken"
             message = f"the engine connection broke mid-stream ({type(error).__name__})"
             body = error_body(502, message, code=exchange.code)
-            yield b"data: " + json.dumps(body).encode() + b"\n\n"
+            # the error event, then the end every OpenAI stream has: clients stop reading
+            yield b"data: " + json.dumps(body).encode() + b"\n\ndata: [DONE]\n\n"
 
     @staticmethod
     def _keep(event: bytes, wants_usage: bool, exchange: Exchange) -> bool:

@@ -94,8 +94,18 @@ class EngineClient:
             return f"unreachable: {type(error).__name__}"
 
 
+# What a client told "the engine is unavailable" waits before trying again: an engine that
+# crashed is back within its start-up time, but most outages (a restart, a full queue) are short.
+RETRY_AFTER_S = 5
+
+
 def engine_error(error: Exception) -> GatewayError:
     if isinstance(error, TimeoutError):
         return GatewayError(504, "the engine did not answer in time", code="engine_timeout")
     reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-    return GatewayError(503, f"the engine is unavailable ({reason})", code="engine_unavailable")
+    return GatewayError(
+        503,
+        f"the engine is unavailable ({reason}); retry later",
+        code="engine_unavailable",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )

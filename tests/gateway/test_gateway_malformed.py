@@ -163,10 +163,11 @@ def test_body_over_the_limit_is_413(strict_gateway, keys):
     check_openai_error(response, 413, None)
 
 
-def test_an_unreachable_engine_is_a_503(strict_gateway, keys):
+def test_an_unreachable_engine_is_a_503_with_retry_after(strict_gateway, keys):
     response = strict_gateway.post(chat(), keys.admin)
     error = check_openai_error(response, 503, None)
     assert error["code"] == "engine_unavailable"
+    assert int(response.headers["retry-after"]) > 0
 
 
 @pytest.mark.engine
