@@ -74,11 +74,13 @@ class AdapterCache:
 
     def entries(self) -> list[CacheEntry]:
         found = []
-        for path in self.root.glob("*/*"):
-            match = ENTRY_PATTERN.fullmatch(path.name)
-            if match and path.is_dir() and not path.parent.name.startswith("."):
-                with contextlib.suppress(FileNotFoundError):  # removed meanwhile
-                    found.append(_entry(path, match))
+        for name_dir in _subdirs(self.root):
+            if name_dir.name.startswith("."):
+                continue  # temp dirs being filled, trash, locks
+            for path in _subdirs(name_dir):
+                if match := ENTRY_PATTERN.fullmatch(path.name):
+                    with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                        found.append(_entry(path, match))
         return found
 
     def total_bytes(self) -> int:
@@ -167,6 +169,17 @@ class AdapterCache:
             with contextlib.suppress(FileNotFoundError):
                 if path.stat().st_mtime < cutoff:
                     shutil.rmtree(path, ignore_errors=True)
+
+
+def _subdirs(directory: Path) -> list[Path]:
+    """The directories in `directory`, none if it is gone. Other threads and processes fill,
+    rename and remove directories here all the time: a path `glob` walks into can vanish
+    under it (pathlib then raises)."""
+    try:
+        with os.scandir(directory) as found:
+            return [Path(entry.path) for entry in found if entry.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
 
 
 def _entry(path: Path, match: re.Match) -> CacheEntry:

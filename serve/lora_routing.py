@@ -172,6 +172,9 @@ class AdapterRoutingMiddleware:
         except AdapterError as error:
             logger.warning("refused model %r: %s", model, error)
             return routing_error(error)
+        except Exception:  # a bug: logged whole here (vLLM's handler would only show a 500)
+            logger.exception("resolving %r failed", model)
+            return 500, error_body(500, f"resolving {model!r} failed; see the engine's log")
         loaded = serving_models.lora_requests.get(model)
         if self.router.hot is not None and self.router.hot.is_hot(model):
             return None  # a moved hot alias keeps its old version until the new one is loaded

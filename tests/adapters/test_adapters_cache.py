@@ -72,6 +72,23 @@ def test_concurrent_threads_download_once(tmp_path, source):
     assert len(set(paths)) == 1 and len(paths) == 8
 
 
+def test_many_versions_filled_at_once_all_resolve(tmp_path):
+    """Entries and temp dirs appear and vanish while other threads list the cache to evict
+    (what an engine does when many new adapters are first asked for at once): none fails."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sources = [Source(make_adapter(tmp_path / f"source-{i}", bytes([i]) * 1000)) for i in range(32)]
+    cache = AdapterCache(tmp_path / "cache", max_bytes=10**6)
+
+    def resolve(index: int) -> Path:
+        source = sources[index]
+        return cache.get(f"bot-{index}", 1, source.digest, source.download)
+
+    with ThreadPoolExecutor(16) as pool:
+        paths = list(pool.map(resolve, range(len(sources))))
+    assert all(content_digest(path) == s.digest for path, s in zip(paths, sources, strict=True))
+
+
 PROCESS_SCRIPT = """
 import shutil, sys, time
 from pathlib import Path
