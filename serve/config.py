@@ -16,6 +16,7 @@ from gemlora.config import load_yaml_config
 from gemlora.serve.engine import EngineConfig
 from gemlora.serve.gateway.config import GatewayConfig
 from gemlora.serve.jobs.config import JobsConfig
+from gemlora.serve.supervisor import RestartPolicy
 
 
 class ServeConfig(BaseModel):
@@ -28,6 +29,10 @@ class ServeConfig(BaseModel):
     engine: EngineConfig
     registry: RegistryConfig | None = Field(default_factory=RegistryConfig)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    restarts: RestartPolicy = Field(
+        default_factory=RestartPolicy,
+        description="`gemlora serve` restarts a crashed engine or local MLflow server.",
+    )
     jobs: JobsConfig | None = Field(
         default=None,
         description="The Files and Fine-tuning Jobs API on the gateway (`jobs: {}` turns it on "

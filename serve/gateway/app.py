@@ -45,6 +45,7 @@ from gemlora.serve.gateway.models import ModelCatalog
 from gemlora.serve.gateway.schema import ChatCompletionRequest, StreamOptions
 from gemlora.serve.gateway.upstream import EngineClient, UpstreamStream
 from gemlora.serve.jobs import JobsConfig, JobsContext, mount_jobs
+from gemlora.serve.supervisor import ProcessStatus
 
 logger = logging.getLogger("gemlora.gateway")
 access_log = logging.getLogger("gemlora.gateway.access")
@@ -68,6 +69,8 @@ class GatewaySettings:
     keys: list[ApiKey] | None = None  # default: from config.keys_file and $GEMLORA_API_KEYS
     dns_resolver: Resolver | None = None  # for image URLs; tests answer names themselves
     jobs: JobsConfig | None = None  # the Files and Fine-tuning Jobs API (serve/jobs); None: off
+    # the engine's supervisor's view (`gemlora serve`): why it is down, restarts, retry hint
+    engine_status: Callable[[], ProcessStatus] | None = None
 
 
 @dataclass
@@ -184,8 +187,13 @@ class Gateway:
         self.catalog = ModelCatalog(
             self.served_name, settings.base, settings.registry, self.config.models_cache_s
         )
-        self.metrics = GatewayMetrics()
-        self.engine = EngineClient(settings.engine_url, self.config.engine_timeout_s)
+        status = settings.engine_status
+        self.metrics = GatewayMetrics(engine_restarts=status and (lambda: status().restarts))
+        self.engine = EngineClient(
+            settings.engine_url,
+            self.config.engine_timeout_s,
+            retry_after_s=status and (lambda: status().retry_after_s),
+        )
 
     async def start(self) -> None:
         await self.engine.start()
@@ -435,7 +443,11 @@ class Gateway:
         return JSONResponse(body, status_code=200 if healthy else 503)
 
     async def _engine_health(self) -> str:
-        return await self.engine.health()
+        health = await self.engine.health()
+        supervised = self.settings.engine_status
+        if health != "ok" and supervised is not None and supervised().state != "up":
+            return supervised().describe()  # why: restarting after a crash, or gave up
+        return health
 
     async def _registry_health(self) -> str:
         registry = self.settings.registry

@@ -1,5 +1,6 @@
 """`gemlora serve CONFIG.yaml`: MLflow (when the registry is a local server that is not running),
-the vLLM engine and the gateway, in the foreground; Ctrl-C (or SIGTERM) stops all three.
+the vLLM engine and the gateway, in the foreground; Ctrl-C (or SIGTERM) stops all three. A
+crashed engine or MLflow server is restarted (`serve/supervisor.py`, the config's `restarts:`).
 `gemlora keys new ID`: a new API key, stored hashed in a keys file.
 """
 
@@ -33,7 +34,8 @@ def serve_command(
     """Serve the config's base and registry adapters behind the OpenAI-compatible gateway.
 
     Starts MLflow if the registry is a local server that is not running, then the vLLM engine
-    (1-3 minutes on CPU), then the gateway; Ctrl-C or SIGTERM stops all of them."""
+    (1-3 minutes on CPU), then the gateway; Ctrl-C or SIGTERM stops all of them. A crashed
+    engine or MLflow server is started again (backoff, and a limit: the config's `restarts`)."""
     from gemlora.config import ConfigError
     from gemlora.serve.config import load_serve_config
     from gemlora.signals import sigterm_as_ctrl_c
@@ -46,14 +48,15 @@ def serve_command(
     except ConfigError as error:
         errors.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from None
+    _log_supervisor_to_stderr()
     # uvicorn stops the gateway on SIGTERM, then raises it again: as KeyboardInterrupt, so that
     # the engine and MLflow stop too.
     sigterm_as_ctrl_c()
     with contextlib.ExitStack() as running:
         try:
-            _start_mlflow_if_local(config.registry, running)
-            engine = _start_engine(config, running)
-            _run_gateway(config, engine)
+            _start_mlflow_if_local(config, running)
+            supervisor = _start_engine(config, running)
+            _run_gateway(config, supervisor)
         except KeyboardInterrupt:
             console.print("stopping ...")
         except (RuntimeError, TimeoutError, ValueError, LookupError) as error:
@@ -62,10 +65,23 @@ def serve_command(
     console.print("stopped")
 
 
-def _start_mlflow_if_local(registry, running: contextlib.ExitStack) -> None:
+def _log_supervisor_to_stderr() -> None:
+    """Crashes and restarts are news for whoever runs `gemlora serve`."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    supervisor_log = logging.getLogger("gemlora.supervisor")
+    supervisor_log.addHandler(handler)
+    supervisor_log.setLevel(logging.INFO)
+
+
+def _start_mlflow_if_local(config, running: contextlib.ExitStack) -> None:
     from gemlora.adapters import start_mlflow_server
     from gemlora.paths import gemlora_home
+    from gemlora.serve.supervisor import Supervisor
 
+    registry = config.registry
     if registry is None:
         return
     url = urlparse(registry.tracking_uri)
@@ -74,33 +90,56 @@ def _start_mlflow_if_local(registry, running: contextlib.ExitStack) -> None:
     if _answers(f"{registry.tracking_uri.rstrip('/')}/health"):
         console.print(f"registry: MLflow already running at {registry.tracking_uri}")
         return
+
+    def healthy_server():
+        return start_mlflow_server(gemlora_home(), url.port or 80)
+
+    supervisor = Supervisor("MLflow server", healthy_server, config.restarts)
     with console.status(f"starting MLflow at {registry.tracking_uri} ..."):
-        server = start_mlflow_server(gemlora_home(), url.port or 80)
-    running.callback(server.stop)
+        server = supervisor.start()
+    running.callback(supervisor.stop)
     console.print(f"registry: started MLflow at {server.url} (data in {gemlora_home()}/mlflow)")
 
 
 def _start_engine(config, running: contextlib.ExitStack):
+    """The engine under a supervisor that restarts it when it crashes."""
     from gemlora.paths import gemlora_home
     from gemlora.serve.engine import start_engine
+    from gemlora.serve.supervisor import Supervisor
 
     log = gemlora_home() / "logs" / f"engine-{config.engine.port}.log"
-    engine = start_engine(config.engine, log, registry=config.registry, wait=False)
-    running.callback(engine.stop)  # also when Ctrl-C comes during start-up
+
+    def healthy_engine():
+        engine = start_engine(config.engine, log, registry=config.registry, wait=False)
+        try:
+            engine.wait_ready()
+        except BaseException:  # also Ctrl-C during start-up: no engine left behind
+            engine.stop()
+            raise
+        return engine
+
+    supervisor = Supervisor("engine", healthy_engine, config.restarts)
     with console.status(f"starting vLLM on {config.engine.base} (log: {log}) ..."):
-        engine.wait_ready()
+        engine = supervisor.start()
+    running.callback(supervisor.stop)
     console.print(f"engine: {engine.url} serving {engine.served_name!r}")
-    return engine
+    return supervisor
 
 
-def _run_gateway(config, engine) -> None:
+def _run_gateway(config, supervisor) -> None:
     from gemlora.adapters import AdapterRegistry
     from gemlora.serve.gateway import GatewaySettings, run_gateway
 
-    gateway = config.gateway
+    gateway, engine = config.gateway, supervisor.child
     registry = AdapterRegistry(config.registry) if config.registry else None
     settings = GatewaySettings(
-        gateway, engine.url, config.engine.base, engine.served_name, registry, jobs=config.jobs
+        gateway,
+        engine.url,
+        config.engine.base,
+        engine.served_name,
+        registry,
+        jobs=config.jobs,
+        engine_status=lambda: supervisor.status,
     )
     auth = "API keys required" if gateway.auth else "no auth (loopback only)"
     console.print(f"gateway: http://{gateway.host}:{gateway.port}/v1 ({auth}); Ctrl-C stops")

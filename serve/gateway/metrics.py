@@ -3,7 +3,10 @@ API key id. Each app has its own registry, so several gateways can live in one p
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -12,8 +15,10 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 class GatewayMetrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, engine_restarts: Callable[[], int] | None = None) -> None:
         self.registry = CollectorRegistry()
+        if engine_restarts is not None:  # `gemlora serve`'s supervisor counts them
+            self.registry.register(_EngineRestarts(engine_restarts))
         labels = ("adapter", "key_id")
         self.requests = Counter(
             "gemlora_gateway_requests",
@@ -53,3 +58,17 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _EngineRestarts:
+    """`gemlora_engine_restarts_total`: read from the supervisor at each scrape."""
+
+    def __init__(self, count: Callable[[], int]) -> None:
+        self.count = count
+
+    def collect(self):
+        family = CounterMetricFamily(
+            "gemlora_engine_restarts", "Times gemlora serve restarted a crashed engine."
+        )
+        family.add_metric([], self.count())
+        yield family

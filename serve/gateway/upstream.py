@@ -11,7 +11,7 @@ client has gone and aborts the generation.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -44,8 +44,11 @@ STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
 class EngineClient:
-    def __init__(self, engine_url: str, timeout_s: float) -> None:
+    def __init__(
+        self, engine_url: str, timeout_s: float, retry_after_s: Callable[[], int] | None = None
+    ) -> None:
         self.engine_url = engine_url.rstrip("/")
+        self.retry_after_s = retry_after_s or (lambda: RETRY_AFTER_S)
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=timeout_s)
         self.session: aiohttp.ClientSession | None = None
 
@@ -70,14 +73,14 @@ class EngineClient:
             async with await self._send(path, payload, headers) as response:
                 return response.status, await response.read()
         except (TimeoutError, aiohttp.ClientError) as error:
-            raise engine_error(error) from None
+            raise engine_error(error, self.retry_after_s()) from None
 
     async def stream(self, path: str, payload: bytes, headers: dict[str, str]) -> UpstreamStream:
         """An answer whose body is read as it arrives; the caller closes it."""
         try:
             response = await self._send(path, payload, headers)
         except (TimeoutError, aiohttp.ClientError) as error:
-            raise engine_error(error) from None
+            raise engine_error(error, self.retry_after_s()) from None
         return UpstreamStream(response.status, response)
 
     async def _send(self, path: str, payload: bytes, headers: dict[str, str]):
@@ -99,7 +102,7 @@ class EngineClient:
 RETRY_AFTER_S = 5
 
 
-def engine_error(error: Exception) -> GatewayError:
+def engine_error(error: Exception, retry_after_s: int = RETRY_AFTER_S) -> GatewayError:
     if isinstance(error, TimeoutError):
         return GatewayError(504, "the engine did not answer in time", code="engine_timeout")
     reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
@@ -107,5 +110,5 @@ def engine_error(error: Exception) -> GatewayError:
         503,
         f"the engine is unavailable ({reason}); retry later",
         code="engine_unavailable",
-        headers={"Retry-After": str(RETRY_AFTER_S)},
+        headers={"Retry-After": str(retry_after_s)},
     )
