@@ -82,6 +82,12 @@ class RegistryConfig(BaseModel):
         description="How long a resolved reference is trusted before MLflow is asked again: "
         "a moved alias is served within this time.",
     )
+    stale_limit_s: float = Field(
+        default=3600,
+        ge=0,
+        description="While MLflow is unreachable, a reference resolved before keeps its version "
+        "for this long after it was last confirmed; names never resolved get 503.",
+    )
     experiment: str = Field(
         default="gemlora-adapters", description="Where registrations without a run get one."
     )
@@ -169,6 +175,7 @@ class ResolvedAdapter(BaseModel):
 class _Lookup:
     version: AdapterVersion
     expires: float
+    confirmed: float  # when MLflow last said so
 
 
 # --- the registry -----------------------------------------------------------------------------
@@ -523,12 +530,12 @@ class AdapterRegistry:
             with mlflow_client.mlflow_errors(self.config.tracking_uri):
                 version = self._fetch(ref)
         except RegistryUnavailableError:
-            if cached is None:
+            if cached is None or now - cached.confirmed > self.config.stale_limit_s:
                 raise
             logger.warning("MLflow unreachable: %s stays version %d", key, cached.version.version)
             return cached.version
         with self._lock:
-            self._lookups[key] = _Lookup(version, now + self.config.alias_ttl_s)
+            self._lookups[key] = _Lookup(version, now + self.config.alias_ttl_s, now)
         return version
 
     def _fetch(self, ref: AdapterRef) -> AdapterVersion:

@@ -349,6 +349,9 @@ def test_an_unreachable_registry_is_reported_and_last_lookups_still_serve(
     assert registry.resolve(name) == served
     with pytest.raises(RegistryUnavailableError):
         registry.resolve(f"{name}/1")  # never looked up while the server was there
+    registry.config.stale_limit_s = 0  # past the stale limit, a last lookup is not trusted
+    with pytest.raises(RegistryUnavailableError):
+        registry.resolve(name)
 
 
 def test_the_file_store_is_refused():
