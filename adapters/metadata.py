@@ -46,6 +46,8 @@ _SCALAR_FIELDS = (
     "alpha",
     "chat_template_hash",
     "dataset_digest",
+    "method",
+    "parent",
 )
 
 
@@ -66,6 +68,12 @@ class AdapterMetadata(BaseModel):
     target_modules: list[str] | str | None = None
     chat_template_hash: str | None = None
     dataset_digest: str | None = None
+    method: str | None = Field(
+        default=None, description="How it was trained: `supervised` or `dpo`."
+    )
+    parent: str | None = Field(
+        default=None, description="The version it was trained from (`NAME/VERSION`), if any."
+    )
     eval_scores: dict[str, float] = Field(default_factory=dict)
     extra: dict[str, str] = Field(default_factory=dict, description="Free-form, stored as is.")
 
