@@ -2,8 +2,10 @@
 
     config = load_config("configs/train/style-270m.yaml", ["training.lr=1e-4"])
 
-Sections: `base` (model, quantization, dtype), `lora`, `data`, `training`, `eval`, `output`.
-Unknown fields and wrong types are errors that name the field (`training.lr: ...`). Relative
+Sections: `base` (model, quantization, dtype, the adapter to start from), `lora`, `data`,
+`training`, `dpo` (with `method: dpo`), `eval`, `output`. `method` picks supervised fine-tuning
+(chat data) or DPO (preference pairs). Unknown fields and wrong types are errors that name the
+field (`training.lr: ...`). Relative
 paths in a YAML file are relative to that file; paths given with `--set` are relative to the
 current directory.
 """
@@ -23,6 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gemlora.adapters.refs import validate_alias, validate_name
 from gemlora.bases import load_catalogue
@@ -30,6 +33,29 @@ from gemlora.config import ConfigError as ConfigError  # re-exported: train.Conf
 from gemlora.config import apply_override, read_yaml_mapping, validate
 
 Quantization = Literal["none", "bnb-nf4", "bnb-int8", "dequantized"]
+Method = Literal["supervised", "dpo"]
+# TRL 1.16 `DPOConfig.loss_type` values (trl/trainer/dpo_trainer.py `_compute_loss`).
+DpoLoss = Literal[
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sigmoid_norm",
+]
+# The losses built on the chosen-minus-rejected reward difference: the only ones TRL lets
+# `f_divergence_type` generalize.
+F_DIVERGENCE_LOSSES = ("sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop")
+CHAT_FORMATS = ("openai", "hf", "sharegpt")
+PREFERENCE_FORMATS = ("openai-preference", "trl-preference")
 
 LANGUAGE_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 VISION_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
@@ -70,6 +96,16 @@ class BaseSection(Section):
         "are emulated, 50x slower). fp16 is refused for Gemma 3.",
     )
 
+    init_adapter: str | None = Field(
+        default=None,
+        description="Start from an existing LoRA adapter instead of a new one: `NAME@ALIAS` or "
+        "`NAME/VERSION` from the registry (`output.tracking_uri`), or a PEFT adapter directory. "
+        "It must fit the base (same family, layers that exist). Its own LoRA settings (rank, "
+        "alpha, dropout, targets, rsLoRA) are what is trained: the `lora` section is not used. "
+        "The usual pipeline is SFT, then DPO from the SFT version; with DPO its starting "
+        "weights are also the reference. None: a new adapter from the `lora` section.",
+    )
+
     @field_validator("compute_dtype", mode="before")
     @classmethod
     def _refuse_fp16(cls, value: Any) -> Any:
@@ -96,7 +132,8 @@ class BaseSection(Section):
 
 
 class LoraSection(Section):
-    """The LoRA adapter (PEFT `LoraConfig`)."""
+    """The LoRA adapter (PEFT `LoraConfig`); not used with `base.init_adapter`, whose own LoRA
+    settings are trained."""
 
     r: int = Field(default=16, ge=1, le=512, description="Rank.")
     alpha: float = Field(default=32, gt=0, description="Scaling numerator (lora_alpha).")
@@ -126,8 +163,10 @@ class DataSection(Section):
     """The dataset, read and validated by `data/`."""
 
     train_file: Path = Field(
-        description="Required. Training data: OpenAI chat JSONL, a Hugging Face dataset "
-        "(directory, parquet or jsonl) or ShareGPT/LLaVA JSON."
+        description="Required. Training data. `method: supervised`: OpenAI chat JSONL, a Hugging "
+        "Face dataset (directory, parquet or jsonl) or ShareGPT/LLaVA JSON. `method: dpo`: "
+        "preference pairs, OpenAI preference JSONL or TRL conversational preference rows "
+        "(prompt/chosen/rejected, optional images; JSONL, parquet or a saved dataset)."
     )
     eval_file: Path | None = Field(
         default=None, description="Held-out data; None: split `eval_fraction` off the train file."
@@ -139,16 +178,23 @@ class DataSection(Section):
         description="Share of the train file held out (by content hash) when there is no "
         "eval file; 0: no evaluation.",
     )
-    format: Literal["openai", "hf", "sharegpt"] | None = Field(
-        default=None, description="Dataset format; None: detected."
+    format: Literal["openai", "hf", "sharegpt", "openai-preference", "trl-preference"] | None = (
+        Field(
+            default=None,
+            description="Dataset format; None: detected. `openai`, `hf`, `sharegpt` for supervised "
+            "runs; `openai-preference`, `trl-preference` for DPO.",
+        )
     )
     max_length: int | None = Field(
-        default=None, ge=16, description="Token limit per example; None: the base's context."
+        default=None,
+        ge=16,
+        description="Token limit per example (DPO: per prompt + reply, both replies); None: the "
+        "base's context.",
     )
     overlong: Literal["refuse", "drop"] = Field(
         default="refuse",
-        description="Examples over `max_length`: `refuse` fails the run, `drop` leaves them out "
-        "with a warning. Never truncated.",
+        description="Examples over `max_length` (DPO: pairs whose longer side is): `refuse` fails "
+        "the run, `drop` leaves them out with a warning. Never truncated.",
     )
     max_images: int = Field(default=8, ge=0, description="Images per example at most.")
     max_image_bytes: int = Field(default=20_000_000, gt=0, description="Bytes per image at most.")
@@ -156,7 +202,7 @@ class DataSection(Section):
 
 
 class TrainingSection(Section):
-    """The optimisation (TRL `SFTConfig`)."""
+    """The optimisation (TRL `SFTConfig`, or `DPOConfig` with `method: dpo`)."""
 
     max_steps: int | None = Field(
         default=None, ge=1, description="Optimizer steps; None: train for `epochs`."
@@ -185,13 +231,14 @@ class TrainingSection(Section):
     )
     padding_free: bool = Field(
         default=True,
-        description="Text-only bases: lay each batch's examples end to end in one row, with no "
-        "padding (same loss, less compute). Multimodal batches are always padded.",
+        description="Supervised runs on text-only bases: lay each batch's examples end to end in "
+        "one row, with no padding (same loss, less compute). Multimodal and DPO batches are "
+        "padded.",
     )
     group_by_length: bool = Field(
         default=False,
-        description="Batch examples of similar token length together (less padding when lengths "
-        "vary a lot). Changes the order of examples, and so the loss curve.",
+        description="Supervised runs: batch examples of similar token length together (less "
+        "padding when lengths vary a lot). Changes the order of examples, and so the loss curve.",
     )
     save_steps: int = Field(default=50, ge=1, description="Checkpoint every N optimizer steps.")
     save_total_limit: int = Field(default=2, ge=1, description="Checkpoints kept on disk.")
@@ -201,8 +248,94 @@ class TrainingSection(Section):
     logging_steps: int = Field(default=1, ge=1, description="Log metrics every N steps.")
 
 
+class DpoSection(Section):
+    """Direct preference optimisation (TRL `DPOConfig`), read with `method: dpo`. The reference
+    model is the policy with its adapter switched off (the base), or the starting weights of
+    `base.init_adapter`: never a second copy of the model."""
+
+    beta: float = Field(
+        default=0.1,
+        gt=0,
+        description="How far the policy may move from the reference (beta): higher stays closer. "
+        "For `ipo` it is the regularization tau.",
+    )
+    loss_type: DpoLoss = Field(
+        default="sigmoid",
+        description="The preference loss (loss_type): `sigmoid` is DPO; also `hinge`, `ipo`, "
+        "`exo_pair`, `nca_pair`, `robust`, `bco_pair`, `sppo_hard`, `aot`, `aot_unpaired`, "
+        "`apo_zero`, `apo_down`, `discopop`, `sigmoid_norm`.",
+    )
+    rpo_alpha: float | None = Field(
+        default=None,
+        gt=0,
+        description="RPO: add the negative log-likelihood of the chosen reply, with this weight, "
+        "to the preference loss (TRL loss_type [loss_type, 'sft'], loss_weights [1, rpo_alpha]). "
+        "None: the preference loss alone.",
+    )
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0,
+        lt=0.5,
+        description="Probability that a preference label is flipped (label_smoothing), for "
+        "`robust` and `exo_pair` (which needs it above 0, e.g. 1e-3) and the `aot` losses.",
+    )
+    f_divergence_type: Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"] = (
+        Field(
+            default="reverse_kl",
+            description="Divergence from the reference (f_divergence_type); `reverse_kl` is DPO's. "
+            "Others only with the losses built on the reward difference (sigmoid, sigmoid_norm, "
+            "hinge, ipo, exo_pair, robust, discopop).",
+        )
+    )
+    f_alpha_divergence_coef: float = Field(
+        default=0.5, description="Alpha of `alpha_divergence` (f_alpha_divergence_coef)."
+    )
+    ld_alpha: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="LD-DPO (ld_alpha): weight of the reply tokens past the shorter reply's "
+        "length, against verbosity; None: no weighting.",
+    )
+    use_weighting: bool = Field(
+        default=False,
+        description="WPO weighting of pairs by the policy's probability of them (use_weighting).",
+    )
+    discopop_tau: float = Field(
+        default=0.05, gt=0, description="Temperature of the `discopop` loss (discopop_tau)."
+    )
+    disable_dropout: bool = Field(
+        default=True,
+        description="Turn dropout off, LoRA dropout included, so that policy and reference "
+        "see the same network (disable_dropout).",
+    )
+
+    @model_validator(mode="after")
+    def _trl_combinations(self) -> DpoSection:
+        if self.loss_type == "exo_pair" and self.label_smoothing == 0:
+            _field_error(
+                ("label_smoothing",), "the exo_pair loss needs it above 0 (the EXO paper: 1e-3)"
+            )
+        if self.f_divergence_type != "reverse_kl" and self.loss_type not in F_DIVERGENCE_LOSSES:
+            _field_error(
+                ("f_divergence_type",),
+                f"{self.f_divergence_type!r} does not apply to the {self.loss_type} loss: only "
+                f"to {', '.join(F_DIVERGENCE_LOSSES)}",
+            )
+        if self.use_weighting and self.loss_type in ("aot", "aot_unpaired"):
+            _field_error(("use_weighting",), f"TRL has no WPO weighting for {self.loss_type}")
+        return self
+
+    def loss_types(self) -> tuple[list[str], list[float]]:
+        """TRL's `loss_type` and `loss_weights`."""
+        if self.rpo_alpha is None:
+            return [self.loss_type], [1.0]
+        return [self.loss_type, "sft"], [1.0, self.rpo_alpha]
+
+
 class EvalSection(Section):
-    """The generation eval after training: base and adapter answer held-out prompts."""
+    """The generation eval after training: base and adapter answer held-out prompts (a DPO
+    pair's prompt, its chosen reply the reference)."""
 
     generation_examples: int = Field(
         default=16,
@@ -211,15 +344,34 @@ class EvalSection(Section):
         "match against the reference answer; 0: skip.",
     )
     max_new_tokens: int = Field(default=64, ge=1, description="Tokens generated per answer.")
+    margin_pairs: int = Field(
+        default=64,
+        ge=0,
+        description="DPO runs: held-out pairs whose log-probability margin (chosen minus "
+        "rejected reply, summed over its tokens) is measured with the base and with the "
+        "adapter; 0: skip.",
+    )
 
 
 class PromoteIf(Section):
     """Move an alias to the new version when its eval score beats the current holder's."""
 
-    metric: Literal["exact", "contains", "base_exact", "base_contains", "eval_loss"] = Field(
+    metric: Literal[
+        "exact",
+        "contains",
+        "base_exact",
+        "base_contains",
+        "eval_loss",
+        "eval_rewards_accuracy",
+        "eval_rewards_margin",
+        "logp_margin",
+    ] = Field(
         default="contains",
         description="An eval score: the adapter's `exact` or `contains` match rate, the base's "
-        "(`base_exact`, `base_contains`), or `eval_loss` (with higher_is_better false).",
+        "(`base_exact`, `base_contains`), or `eval_loss` (with higher_is_better false). DPO "
+        "runs also have `eval_rewards_accuracy` (share of held-out pairs whose chosen reply "
+        "gets the higher reward), `eval_rewards_margin` (mean chosen minus rejected reward) and "
+        "`logp_margin` (the adapter's mean log-probability margin of the chosen reply).",
     )
     to: str = Field(default="champion", description="The alias to move.")
     higher_is_better: bool = Field(default=True, description="False for losses.")
@@ -288,17 +440,52 @@ class OutputSection(Section):
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+DPO_METRICS = ("eval_rewards_accuracy", "eval_rewards_margin", "logp_margin")
+
+
 class TrainConfig(Section):
     """One fine-tune: `gemlora train CONFIG.yaml`."""
 
+    method: Method = Field(
+        default="supervised",
+        description="`supervised`: fine-tune on chat examples (TRL SFTTrainer). `dpo`: direct "
+        "preference optimisation on preference pairs (TRL DPOTrainer, the `dpo` section).",
+    )
     base: BaseSection = Field(default_factory=BaseSection, description="The base model.")
     lora: LoraSection = Field(default_factory=LoraSection, description="The adapter.")
     data: DataSection = Field(description="Required. The dataset.")
     training: TrainingSection = Field(
         default_factory=TrainingSection, description="The optimisation."
     )
+    dpo: DpoSection = Field(
+        default_factory=DpoSection, description="The preference loss, with `method: dpo`."
+    )
     eval: EvalSection = Field(default_factory=EvalSection, description="The generation eval.")
     output: OutputSection = Field(description="Required. Tracking and registration.")
+
+    @model_validator(mode="after")
+    def _method_settings(self) -> TrainConfig:
+        """Settings of the other method are refused rather than ignored."""
+        preference = self.method == "dpo"
+        if self.data.format is not None and (self.data.format in PREFERENCE_FORMATS) != preference:
+            kind = "preference" if preference else "chat"
+            formats = PREFERENCE_FORMATS if preference else CHAT_FORMATS
+            _field_error(
+                ("data", "format"),
+                f"method {self.method!r} trains on {kind} data: use one of "
+                f"{', '.join(formats)}, or set `method` to match the data",
+            )
+        if not preference and self.dpo != DpoSection():
+            _field_error(("dpo",), "read only with `method: dpo`; this run is supervised")
+        if preference and self.training.group_by_length:
+            _field_error(("training", "group_by_length"), "supervised runs only")
+        rule = self.output.promote_if
+        if rule is not None and rule.metric in DPO_METRICS and not preference:
+            _field_error(
+                ("output", "promote_if", "metric"),
+                f"{rule.metric!r} is measured by DPO runs only (method: dpo)",
+            )
+        return self
 
     @model_validator(mode="after")
     def _dora_is_not_servable(self) -> TrainConfig:
@@ -342,6 +529,21 @@ def _resolve_paths(document: dict[str, Any], relative_to: Path) -> None:
         node = document.get(section)
         if isinstance(node, dict) and isinstance(node.get(field), str):
             node[field] = os.path.normpath(relative_to / Path(node[field]).expanduser())
+    # `base.init_adapter` is a registry reference unless a directory by that name exists there.
+    base = document.get("base")
+    if isinstance(base, dict) and isinstance(base.get("init_adapter"), str):
+        directory = relative_to / Path(base["init_adapter"]).expanduser()
+        if directory.is_dir():
+            base["init_adapter"] = os.path.normpath(directory)
+
+
+def _field_error(loc: tuple[str, ...], message: str):
+    """Fail validation at `loc` (a path below the model being validated), so that the error
+    names the field (`data.format: ...`) even when a whole-model rule found it."""
+    error = PydanticCustomError("config", "{message}", {"message": message})
+    raise ValidationError.from_exception_data(
+        "config", [InitErrorDetails(type=error, loc=loc, input=None)]
+    )
 
 
 def _flatten(document: dict[str, Any], prefix: str = "") -> dict[str, str]:

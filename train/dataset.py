@@ -1,5 +1,6 @@
-"""The run's data: the train and eval examples, validated by `data/` with the base's own
-processor, and their description for MLflow."""
+"""The run's data: the train and eval examples (chat examples for a supervised run, preference
+pairs for DPO), validated by `data/` with the base's own processor, and their description for
+MLflow."""
 
 from __future__ import annotations
 
@@ -14,15 +15,20 @@ from gemlora.data import (
     Example,
     ImageLimits,
     ImagePart,
+    PreferenceExample,
+    PreferenceReport,
     Problem,
     ReadOptions,
     Source,
     TextPart,
     dataset_digest,
+    is_preference_file,
+    read_dataset,
     split_examples,
     validate_dataset,
+    validate_preferences,
 )
-from gemlora.train.config import DataSection
+from gemlora.train.config import ConfigError, DataSection, Method
 
 # MLflow stores a dataset digest in 36 characters; the full sha256 goes into the adapter's
 # metadata and the run's tags.
@@ -33,15 +39,18 @@ LENGTH_COLUMN = "length"
 
 @dataclass
 class TrainingData:
-    train: list[Example]
-    eval: list[Example]
-    reports: dict[str, DatasetReport]  # "train", and "eval" when read from its own file
+    # `Example`s for a supervised run, `PreferenceExample`s for DPO
+    train: list[Example] | list[PreferenceExample]
+    eval: list[Example] | list[PreferenceExample]
+    # "train", and "eval" when read from its own file
+    reports: dict[str, DatasetReport] | dict[str, PreferenceReport]
 
     @property
     def train_lengths(self) -> list[int]:
-        """The token length of each train example, as the validation measured it."""
+        """The token length of each train example, as the validation measured it (a pair's:
+        prompt + its longer reply)."""
         report = self.reports["train"]
-        measured = dict(zip(map(id, report.examples), report.token_lengths or [], strict=True))
+        measured = dict(zip(map(id, report.examples), report.longest(), strict=True))
         return [measured[id(example)] for example in self.train]
 
     @property
@@ -58,9 +67,14 @@ class TrainingData:
         }
 
 
-def load_training_data(settings: DataSection, base: str) -> TrainingData:
-    """Read and validate the data for `base`. Raises `DatasetError` listing every error with its
-    file and line; warnings (e.g. dropped over-long examples) are kept in the reports."""
+def load_training_data(
+    settings: DataSection, base: str, method: Method = "supervised"
+) -> TrainingData:
+    """Read and validate the data for `base`: chat examples, or preference pairs for `dpo`.
+    Raises `DatasetError` listing every error with its file and line (warnings, e.g. dropped
+    over-long examples, are kept in the reports), and `ConfigError` naming the field when a
+    file holds the other method's kind of data."""
+    validate = validate_preferences if method == "dpo" else validate_dataset
     options = ReadOptions(
         max_images=settings.max_images,
         image_limits=ImageLimits(
@@ -68,8 +82,8 @@ def load_training_data(settings: DataSection, base: str) -> TrainingData:
         ),
     )
 
-    def validated(path: Path) -> DatasetReport:
-        report = validate_dataset(
+    def validated(path: Path) -> DatasetReport | PreferenceReport:
+        report = validate(
             path,
             settings.format,
             options=options,
@@ -83,6 +97,9 @@ def load_training_data(settings: DataSection, base: str) -> TrainingData:
             raise DatasetError(Problem(Source(path), "", "no usable examples"))
         return report
 
+    _check_kind(settings.train_file, "train_file", method)
+    if settings.eval_file is not None:  # both before the slow validation
+        _check_kind(settings.eval_file, "eval_file", method)
     reports = {"train": validated(settings.train_file)}
     if settings.eval_file is not None:
         reports["eval"] = validated(settings.eval_file)
@@ -95,6 +112,37 @@ def load_training_data(settings: DataSection, base: str) -> TrainingData:
         )  # fmt: skip
         raise DatasetError(problem)
     return TrainingData(train, held_out, reports)
+
+
+def _check_kind(path: Path, field: str, method: Method) -> None:
+    """A preference file for a supervised run, or a chat file for DPO, is a config mistake."""
+    if method == "supervised":
+        if is_preference_file(path):
+            _wrong_kind(path, field, "a preference dataset", "supervised", "dpo")
+        return
+    if is_preference_file(path):
+        return
+    try:
+        read_dataset(path, limit=1)  # a chat dataset reads as one; anything else is reported
+    except DatasetError:  # by the preference reader, with its own reasons
+        return
+    _wrong_kind(path, field, "a chat dataset", "dpo", "supervised")
+
+
+def _wrong_kind(path: Path, field: str, kind: str, method: str, other: str) -> None:
+    raise ConfigError(
+        [
+            f"data.{field}: {path} is {kind}, which method {method!r} does not train: give "
+            f"{'chat examples' if method == 'supervised' else 'preference pairs'}, or set "
+            f"`method: {other}`"
+        ]
+    )
+
+
+def reply_examples(examples: list[Example] | list[PreferenceExample]) -> list[Example]:
+    """Chat examples ending with the reply the adapter should give (a pair's chosen one): what
+    the generation eval takes."""
+    return [e.chosen_example() if isinstance(e, PreferenceExample) else e for e in examples]
 
 
 def to_hf_dataset(examples: list[Example], multimodal: bool, lengths: list[int] | None = None):

@@ -1,8 +1,13 @@
 """`run_training`: one fine-tune, end to end.
 
     config -> data (validated with the base's processor) -> MLflow run
-      -> base (quantized as configured) + LoRA -> TRL SFTTrainer, checkpoints every N steps
-      -> eval loss, generation eval (base vs adapter) -> adapter registered in the MLflow registry
+      -> base (quantized as configured) + LoRA (new, or `base.init_adapter`)
+      -> the method's trainer (supervised: TRL SFTTrainer; dpo: TRL DPOTrainer),
+         checkpoints every N steps
+      -> held-out scores (eval loss; DPO: rewards, log-prob margins), generation eval
+         (base vs adapter) -> adapter registered in the MLflow registry
+
+The method (`_method`) is the one place where supervised and DPO runs part.
 
 Everything a run writes goes to its run directory:
 
@@ -20,6 +25,7 @@ registers nothing; registration is the last step and rolls itself back if interr
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import signal
@@ -29,6 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -43,6 +50,9 @@ from gemlora.rundir import (
 )
 from gemlora.train.config import ConfigError, TrainConfig, parse_config
 from gemlora.train.dataset import TrainingData, load_training_data
+
+if TYPE_CHECKING:
+    from gemlora.train.init_adapter import InitAdapter
 
 
 class TrainingCancelled(BaseException):
@@ -112,20 +122,22 @@ def _run(
     spec = resolve_base(config.base.model)
     tracking_uri = config.output.resolved_tracking_uri()
     check_reachable(tracking_uri)
-    data = load_training_data(config.data, config.base.model)
+    data = load_training_data(config.data, config.base.model, config.method)
     _check_promotion_possible(config, data)
+    init = _init_adapter(config, run_dir, spec, tracking_uri)
 
-    run_id = _start_mlflow_run(config, run_dir, data, spec, resume)
+    run_id = _start_mlflow_run(config, run_dir, data, spec, resume, init)
     progress.write("start", run_id=run_id, run_dir=str(run_dir), resumed=resume)
-    from gemlora.train.trainer import build_trainer
-
+    method = _method(config)
     loaded = _load(config, spec)
-    trainer = build_trainer(config, loaded, data, run_dir, progress)
+    trainer = method.build_trainer(config, loaded, data, run_dir, progress, init)
     _train(trainer, run_dir, resume)
 
     adapter_dir = run_dir / ADAPTER_DIR
-    trainer.model.save_pretrained(adapter_dir)  # adapter only: the tokenizer is unchanged
-    scores = _evaluate(config, trainer, loaded, data, progress)
+    # The trained adapter only: not the tokenizer (unchanged), nor DPO's frozen reference copy
+    # of `init_adapter` (TRL's adapter "ref").
+    trainer.model.save_pretrained(adapter_dir, selected_adapters=["default"])
+    scores = _evaluate(config, method, trainer, loaded, data, progress)
 
     result = TrainResult(
         run_id=run_id,
@@ -138,7 +150,7 @@ def _run(
     )
     if config.output.register_adapter:
         registry = _registry(tracking_uri)
-        result.version = _register(config, registry, loaded, data, result)
+        result.version = _register(config, registry, loaded, data, result, init)
         finish()  # registered: from here on the run completes, SIGTERM or not
         result.promoted = _promote(config, registry, result.version)
         progress.write(
@@ -165,13 +177,23 @@ def _follow(config: TrainConfig, resume: bool) -> None:
     its part in the eval loss. The main process writes everything else."""
     run_dir = resume_dir(config) if resume else _shared_run_dir(config)
     spec = resolve_base(config.base.model)
-    data = load_training_data(config.data, config.base.model)
-    from gemlora.train.trainer import build_trainer
-
-    trainer = build_trainer(config, _load(config, spec), data, run_dir, progress=None)
+    data = load_training_data(config.data, config.base.model, config.method)
+    init = _init_adapter(config, run_dir, spec, config.output.resolved_tracking_uri())
+    trainer = _method(config).build_trainer(config, _load(config, spec), data, run_dir, None, init)
     _train(trainer, run_dir, resume)
     if data.eval:
         trainer.evaluate()
+
+
+# The module of each method, with `build_trainer(config, loaded, data, run_dir, progress, init)`
+# and `held_out_scores(config, trainer, loaded, data, progress)`.
+METHODS = {"supervised": "gemlora.train.trainer", "dpo": "gemlora.train.dpo"}
+
+
+def _method(config: TrainConfig):
+    """Where supervised and DPO runs part: how the trainer is built and what the held-out
+    set is scored by. Imports torch and TRL."""
+    return importlib.import_module(METHODS[config.method])
 
 
 def _train(trainer, run_dir: Path, resume: bool) -> None:
@@ -297,7 +319,12 @@ def _end(progress, event: str, status: str, **fields) -> None:
 
 
 def _start_mlflow_run(
-    config: TrainConfig, run_dir: Path, data: TrainingData, spec: BaseSpec, resume: bool
+    config: TrainConfig,
+    run_dir: Path,
+    data: TrainingData,
+    spec: BaseSpec,
+    resume: bool,
+    init: InitAdapter | None,
 ) -> str:
     """Start the run (or reopen the one `run.json` names) with system metrics on; a new run
     gets its tags, params, dataset inputs and the config and data report as artifacts."""
@@ -307,7 +334,7 @@ def _start_mlflow_run(
     import mlflow
 
     from gemlora.train.dataset import write_report
-    from gemlora.train.tracking import run_tags
+    from gemlora.train.tracking import parent_tags, run_tags
 
     mlflow.set_tracking_uri(config.output.resolved_tracking_uri())
     mlflow.set_system_metrics_sampling_interval(config.output.system_metrics_interval_s)
@@ -318,11 +345,14 @@ def _start_mlflow_run(
 
     mlflow.set_experiment(config.output.experiment)
     revision = config.base.revision or spec.revision
-    tags = run_tags(spec.name, revision, config.base.quantization) | config.output.tags
+    tags = run_tags(spec.name, revision, config.base.quantization, config.method)
+    if init is not None:
+        tags |= parent_tags(init.parent, init.run_id)
+    tags |= config.output.tags
     run = mlflow.start_run(run_name=config.output.run_name, tags=tags, log_system_metrics=True)
     _write_state(run_dir, run_id=run.info.run_id, status="running")
 
-    mlflow.log_params(config.flat() | _resolved_params(config, data, spec))
+    mlflow.log_params(config.flat() | _resolved_params(config, data, spec, init))
     _log_datasets(config, data)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
     write_report(data, run_dir / "data-report.json")
@@ -352,10 +382,12 @@ def _dataset_name(path: Path) -> str:
     return f"{path.parent.name}/{path.stem}"
 
 
-def _resolved_params(config: TrainConfig, data: TrainingData, spec: BaseSpec) -> dict[str, str]:
+def _resolved_params(
+    config: TrainConfig, data: TrainingData, spec: BaseSpec, init: InitAdapter | None
+) -> dict[str, str]:
     from gemlora.train.model import resolve_dtype, target_modules
 
-    return {
+    params = {
         "resolved.base_location": spec.location,
         "resolved.compute_dtype": resolve_dtype(config.base.compute_dtype),
         "resolved.target_modules": str(target_modules(config.lora, spec.multimodal)),
@@ -363,6 +395,14 @@ def _resolved_params(config: TrainConfig, data: TrainingData, spec: BaseSpec) ->
         "resolved.eval_examples": str(len(data.eval)),
         "resolved.dataset_digest": data.digest,
     }
+    if init is not None:  # its LoRA settings are trained, not the `lora` section's
+        params |= {
+            "resolved.init_adapter": init.parent,
+            "resolved.target_modules": str(init.target_modules()),
+            "resolved.lora_r": str(init.lora.get("r")),
+            "resolved.lora_alpha": str(init.lora.get("lora_alpha")),
+        }
+    return params
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -374,25 +414,43 @@ def _load(config: TrainConfig, spec: BaseSpec):
     return load_base(config.base, spec)
 
 
+def _init_adapter(
+    config: TrainConfig, run_dir: Path, spec: BaseSpec, tracking_uri: str
+) -> InitAdapter | None:
+    """`base.init_adapter`, resolved and checked against the base. A resumed run continues from
+    the version it started from, wherever the alias points now (run.json records it)."""
+    if config.base.init_adapter is None:
+        return None
+    from gemlora.train.init_adapter import resolve_init_adapter
+
+    ref = (read_state(run_dir) or {}).get("init_adapter") or config.base.init_adapter
+    init = resolve_init_adapter(ref, spec, tracking_uri)
+    if is_main_process():
+        _write_state(run_dir, init_adapter=init.parent)
+    return init
+
+
 # --- evaluation -------------------------------------------------------------------------------
 
 
-def _evaluate(config: TrainConfig, trainer, loaded, data: TrainingData, progress) -> dict:
-    """Eval loss, then the generation eval, logged side by side; returns the scores that
-    become the adapter's eval tags."""
+def _evaluate(config: TrainConfig, method, trainer, loaded, data: TrainingData, progress) -> dict:
+    """The method's held-out scores (eval loss; DPO: rewards, log-prob margins), then the
+    generation eval, logged side by side; returns the scores that become the adapter's eval
+    tags."""
     import mlflow
     from tqdm.auto import tqdm
 
+    from gemlora.train.dataset import reply_examples, to_hf_dataset
     from gemlora.train.evaluate import generation_eval
 
     scores: dict[str, float] = {}
     if not data.eval:
         return scores
-    scores["eval_loss"] = trainer.evaluate()["eval_loss"]
-    count = min(len(trainer.eval_dataset), config.eval.generation_examples)
+    scores |= method.held_out_scores(config, trainer, loaded, data, progress)
+    count = min(len(data.eval), config.eval.generation_examples)
     if not count:
         return scores
-    rows = list(trainer.eval_dataset.select(range(count)))
+    rows = list(to_hf_dataset(reply_examples(data.eval[:count]), loaded.multimodal))
     with tqdm(total=count, desc="generation eval") as bar:
         report = generation_eval(
             trainer.model,
@@ -418,15 +476,18 @@ def _check_promotion_possible(config: TrainConfig, data: TrainingData) -> None:
     rule = config.output.promote_if
     if rule is None or not config.output.register_adapter:
         return
-    generated = bool(data.eval) and config.eval.generation_examples > 0
-    available = bool(data.eval) and (rule.metric == "eval_loss" or generated)
-    if not available:
+    # eval_loss and DPO's rewards come with any held-out data; the others need a pass of their own
+    if rule.metric in ("exact", "contains", "base_exact", "base_contains"):
+        setting, count = "eval.generation_examples", config.eval.generation_examples
+    elif rule.metric == "logp_margin":
+        setting, count = "eval.margin_pairs", config.eval.margin_pairs
+    else:
+        setting, count = None, 1
+    if not data.eval or not count:
+        needs = "set data.eval_file or data.eval_fraction"
+        needs += f", and {setting} above 0" if setting else ""
         raise ConfigError(
-            [
-                f"output.promote_if.metric: {rule.metric!r} is never measured without eval "
-                "examples and generation: set data.eval_file or data.eval_fraction, and "
-                "eval.generation_examples above 0"
-            ]
+            [f"output.promote_if.metric: {rule.metric!r} is never measured here: {needs}"]
         )
 
 
@@ -440,15 +501,24 @@ def _registry(tracking_uri: str):
 
 
 def _register(
-    config: TrainConfig, registry, loaded, data: TrainingData, result: TrainResult
+    config: TrainConfig,
+    registry,
+    loaded,
+    data: TrainingData,
+    result: TrainResult,
+    init: InitAdapter | None,
 ) -> int:
-    """Register the adapter as a new version linked to the run and point the alias at it."""
+    """Register the adapter as a new version linked to the run and point the alias at it; its
+    tags say how it was trained (`gemlora.method`) and from which version (`gemlora.parent`)."""
     import mlflow
 
     from gemlora.adapters import AdapterMetadata
     from gemlora.train.bases import chat_template_hash
 
     quantization = config.base.quantization
+    extra = {"training_quantization": quantization, "run_dir": str(result.run_dir)}
+    if init is not None and init.version_ref is None:
+        extra["init_adapter"] = str(init.path)  # a directory: no version to name as the parent
     metadata = AdapterMetadata(
         base=config.base.model,
         # bitsandbytes is ours to record; otherwise the registry takes the base's own.
@@ -456,8 +526,10 @@ def _register(
         base_revision=config.base.revision,
         chat_template_hash=chat_template_hash(loaded.processor.chat_template),
         dataset_digest=data.digest,
+        method=config.method,
+        parent=init.version_ref if init is not None else None,
         eval_scores=result.eval_scores,
-        extra={"training_quantization": quantization, "run_dir": str(result.run_dir)},
+        extra=extra,
     )
     version = registry.register(
         result.adapter_dir,

@@ -2,8 +2,10 @@
 
 `progress.jsonl` in the run directory is for programs (the fine-tuning jobs API): one JSON
 object per line, each with `time` and `event` (`start`, `train_begin`, `log`, `eval`,
-`checkpoint`, `train_end`, `generation_eval`, `registered`, and finally `finished`, `cancelled`
-or `failed`), plus `step` and the metrics where they apply.
+`checkpoint`, `train_end`, `margin_eval` (DPO), `generation_eval`, `registered`, and finally
+`finished`, `cancelled` or `failed`), plus `step` and the metrics where they apply. A DPO run's
+`log` and `eval` events carry TRL's `rewards/chosen`, `rewards/rejected`, `rewards/margins`,
+`rewards/accuracies` (`eval_`-prefixed on held-out pairs), as MLflow does.
 """
 
 from __future__ import annotations
@@ -76,17 +78,29 @@ class MlflowProgressCallback(TrainerCallback):
         return {"tokens_per_second": (tokens - last[1]) / (now - last[0])}
 
 
-def run_tags(base: str, revision: str | None, quantization: str) -> dict[str, str]:
-    """Base model and revision, quantization, gemlora version and git commit."""
+def run_tags(
+    base: str, revision: str | None, quantization: str, method: str = "supervised"
+) -> dict[str, str]:
+    """Base model and revision, quantization, training method, gemlora version and git commit."""
     from gemlora import __version__
 
     tags = {
         TAG_PREFIX + "base": base,
         TAG_PREFIX + "base_revision": revision or "none",
         TAG_PREFIX + "quantization": quantization,
+        TAG_PREFIX + "method": method,
         TAG_PREFIX + "version": __version__,
         TAG_PREFIX + "git_commit": git_commit(),
     }
+    return tags
+
+
+def parent_tags(parent: str, run_id: str | None) -> dict[str, str]:
+    """The adapter a run started from (`NAME/VERSION` or a directory) and the MLflow run that
+    trained it. Not MLflow's `mlflow.parentRunId`, which would nest this run under that one."""
+    tags = {TAG_PREFIX + "parent": parent}
+    if run_id is not None:
+        tags[TAG_PREFIX + "parent_run_id"] = run_id
     return tags
 
 
