@@ -1,7 +1,8 @@
 """`gemlora serve CONFIG.yaml` end to end: it starts MLflow (the config names a local server
-that is not running), the vLLM engine and the gateway; the openai client gets an answer;
-SIGTERM (what an orchestrator sends; Ctrl-C takes the same path) stops all three. Also
-`gemlora keys new` and the commands' --help."""
+that is not running), the vLLM engine and the gateway; the openai client gets an answer; the
+engine, SIGKILLed, is restarted while the gateway answers 503 with Retry-After and says why in
+/health; SIGTERM (what an orchestrator sends; Ctrl-C takes the same path) stops all three.
+Also `gemlora keys new` and the commands' --help."""
 
 from __future__ import annotations
 
@@ -44,6 +45,39 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> None:
 
 @pytest.mark.engine
 @pytest.mark.slow
+def engine_process_group(port: int) -> int:
+    """The process group of the vLLM server listening on `port` (it leads its own group)."""
+    import psutil
+
+    for process in psutil.process_iter(["cmdline"]):
+        command = process.info["cmdline"] or []
+        if "vllm.entrypoints.openai.api_server" in command and str(port) in command:
+            return os.getpgid(process.pid)
+    raise AssertionError(f"no vLLM server on port {port}")
+
+
+def kill_engine_and_see_it_restarted(url: str, engine_port: int) -> None:
+    """SIGKILL the engine: requests get a 503 with Retry-After and /health names the crash,
+    until the supervisor has it serving again (its start-up time, then requests succeed)."""
+    os.killpg(engine_process_group(engine_port), signal.SIGKILL)
+    body = {"model": BASE, "messages": [{"role": "user", "content": "Hi"}]}
+    deadline = time.monotonic() + 30
+    while not (health := httpx.get(f"{url}/health").json())["engine"].startswith("restarting"):
+        assert time.monotonic() < deadline, f"the supervisor never saw the engine go: {health}"
+        time.sleep(0.2)
+    assert health["engine"] == "restarting: the engine exited with code -9", health
+    refused = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+    assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["code"] == "engine_unavailable"
+
+    deadline = time.monotonic() + 600
+    while httpx.get(f"{url}/health").json()["engine"] != "ok":
+        assert time.monotonic() < deadline, "the engine never came back"
+        time.sleep(1)
+    assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).status_code == 200
+    assert "gemlora_engine_restarts_total 1.0" in httpx.get(f"{url}/metrics").text
+
+
 def test_serve_starts_mlflow_engine_and_gateway_and_sigterm_stops_them(built_models, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
@@ -74,6 +108,7 @@ def test_serve_starts_mlflow_engine_and_gateway_and_sigterm_stops_them(built_mod
         )
         assert completion.usage.completion_tokens <= 4  # the config's default max_tokens
         assert all(listening(port) for port in ports.values())
+        kill_engine_and_see_it_restarted(url, ports["engine"])
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=90) == 0
@@ -83,6 +118,8 @@ def test_serve_starts_mlflow_engine_and_gateway_and_sigterm_stops_them(built_mod
         log.close()
     output = (tmp_path / "serve.log").read_text()
     assert "started MLflow" in output and "stopped" in output
+    assert "the engine exited with code -9; restarting it" in output
+    assert "the engine is back after restart 1" in output
     deadline = time.monotonic() + 30
     while any(listening(port) for port in ports.values()):
         assert time.monotonic() < deadline, f"still listening: {ports}\n{output}"
