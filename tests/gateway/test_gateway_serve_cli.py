@@ -43,8 +43,6 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> None:
     raise AssertionError(f"{url} not healthy after {timeout_s:.0f} s")
 
 
-@pytest.mark.engine
-@pytest.mark.slow
 def engine_process_group(port: int) -> int:
     """The process group of the vLLM server listening on `port` (it leads its own group)."""
     import psutil
@@ -78,6 +76,8 @@ def kill_engine_and_see_it_restarted(url: str, engine_port: int) -> None:
     assert "gemlora_engine_restarts_total 1.0" in httpx.get(f"{url}/metrics").text
 
 
+@pytest.mark.engine
+@pytest.mark.slow
 def test_serve_starts_mlflow_engine_and_gateway_and_sigterm_stops_them(built_models, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
