@@ -36,6 +36,7 @@ def test_the_example_configs_are_the_expected_ones():
         "tiny-mm-smoke.yaml",
         "style-270m.yaml",
         "style-270m-w4a16.yaml",
+        "style-270m-dpo.yaml",
         "gemma-3-4b-vision-qlora.yaml",
         "gemma-3-27b-int4-qlora.yaml",
     }
