@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 from trl import DPOConfig, DPOTrainer
 
-from gemlora.data import Example, PreferenceExample
+from gemlora.data import PreferenceExample
 from gemlora.train.config import TrainConfig
 from gemlora.train.dataset import TrainingData
 from gemlora.train.init_adapter import trainable_model
@@ -157,7 +157,7 @@ def held_out_scores(
     count = min(len(data.eval), config.eval.margin_pairs)
     if not count:
         return scores
-    report = logp_margins(trainer.model, loaded.processor, data.eval[:count])
+    report = logp_margins(trainer, data.eval[:count])
     margins = report.scores()
     step = trainer.state.global_step
     names = {"base_logp_margin": "eval_base_logp_margin", "logp_margin": "eval_adapter_logp_margin"}
@@ -198,58 +198,42 @@ class MarginEval:
         return {column: [row[column] for row in rows] for column in PairMargin.__annotations__}
 
 
-def logp_margins(model, processor, pairs: list[PreferenceExample]) -> MarginEval:
-    """How much more likely the chosen reply is than the rejected one, in nats (log-probability
-    summed over the reply's tokens, `<end_of_turn>` included, as DPO scores it), under the base
-    (adapter disabled) and under the adapter."""
-    result = MarginEval()
+def logp_margins(trainer, pairs: list[PreferenceExample]) -> MarginEval:
+    """How much more likely the chosen reply of each of `pairs` (the first of the trainer's eval
+    set) is than the rejected one, in nats, under the base (adapter disabled) and under the
+    adapter. Scored as DPO scores the policy: TRL's tokenization and collator, log-probabilities
+    summed over each reply's tokens (`<end_of_turn>` included), the LM head on those only."""
+    from torch.utils.data import DataLoader
+
+    model = trainer.model
+    batches = DataLoader(
+        trainer.eval_dataset.select(range(len(pairs))),
+        batch_size=trainer.args.per_device_eval_batch_size,
+        collate_fn=trainer.data_collator,
+    )
+    base: list[float] = []
+    adapter: list[float] = []
     model.eval()
-    with torch.no_grad():
-        for pair in pairs:
-            sides = [
-                _reply_inputs(processor, pair, conversation, model.device)
-                for conversation in (pair.chosen_example(), pair.rejected_example())
-            ]
+    with torch.no_grad(), fast_loss_head():
+        for batch in batches:
+            inputs = {key: value.to(model.device) for key, value in batch.items()}
             with model.disable_adapter():
-                base = _margin(model, sides)
-            adapter = _margin(model, sides)
-            last_user = next(m for m in reversed(pair.prompt) if m.role == "user")
-            result.pairs.append(
-                PairMargin(last_user.text, pair.chosen.text, pair.rejected.text, base, adapter)
-            )
+                base += _margins(model, inputs)
+            adapter += _margins(model, inputs)
+    result = MarginEval()
+    for pair, before, after in zip(pairs, base, adapter, strict=True):
+        last_user = next(m for m in reversed(pair.prompt) if m.role == "user")
+        result.pairs.append(
+            PairMargin(last_user.text, pair.chosen.text, pair.rejected.text, before, after)
+        )
     return result
 
 
-def _margin(model, sides: list[tuple[dict, int]]) -> float:
-    chosen, rejected = (_reply_logp(model, inputs, start) for inputs, start in sides)
-    return chosen - rejected
-
-
-def _reply_logp(model, inputs: dict, start: int) -> float:
-    """Sum of log p(token) over the tokens from `start` on; logits only for those positions."""
-    ids = inputs["input_ids"][0]
-    reply = ids[start:]
-    logits = model(**inputs, logits_to_keep=len(reply) + 1).logits[0, :-1].float()
-    return torch.log_softmax(logits, dim=-1).gather(-1, reply[:, None]).sum().item()
-
-
-def _reply_inputs(processor, pair: PreferenceExample, conversation: Example, device):
-    """Model inputs for prompt + reply, and where the reply starts: the prompt rendered with the
-    generation prompt is the start of prompt + reply (checked), as in `data.encode_preference`."""
-    prompt = _encode(processor, pair.prompt_example(), add_generation_prompt=True)
-    full = _encode(processor, conversation)
-    start = prompt["input_ids"].shape[1]
-    if not torch.equal(full["input_ids"][0, :start], prompt["input_ids"][0]):
-        raise ValueError("the chat template does not render the prompt as the start of the pair")
-    return {key: value.to(device) for key, value in full.items()}, start
-
-
-def _encode(processor, example: Example, add_generation_prompt: bool = False) -> dict:
-    text = processor.apply_chat_template(
-        example.to_chat_messages(), tokenize=False, add_generation_prompt=add_generation_prompt
-    )
-    # The template starts with <bos>: no special tokens again.
-    if hasattr(processor, "image_processor"):
-        images = example.pil_images() or None
-        return processor(text=text, images=images, add_special_tokens=False, return_tensors="pt")
-    return processor(text, add_special_tokens=False, return_tensors="pt")
+def _margins(model, inputs: dict) -> list[float]:
+    """log p(chosen) - log p(rejected) of each pair of a DPO batch (chosen rows, then rejected)."""
+    completion = inputs["completion_mask"]
+    labels = inputs["input_ids"].masked_fill(completion == 0, -100)
+    kwargs = {key: value for key, value in inputs.items() if key != "completion_mask"}
+    log_probs = model(**kwargs, labels=labels, fused_lm_head=True).log_probs.sum(dim=1)
+    chosen, rejected = log_probs.chunk(2)
+    return (chosen - rejected).tolist()
