@@ -209,7 +209,7 @@ def test_bad_job_requests_are_refused_naming_the_field(admin, team, samples):
         ("validation_file", {"validation_file": "file-missing"}),
         ("hyperparameters.n_epochs", {"hyperparameters": {"n_epochs": 0}}),
         ("hyperparameters.batch_size", {"hyperparameters": {"batch_size": "big"}}),
-        ("method.type", {"method": {"type": "dpo"}}),
+        ("method.type", {"method": {"type": "reinforcement"}}),
         ("suffix", {"suffix": "no spaces allowed"}),
         ("gemlora.lora.rank", {"extra_body": {"gemlora": {"lora": {"rank": 8}}}}),
         ("gemlora.training.lr", {"extra_body": {"gemlora": {"training": {"lr": -1}}}}),
