@@ -214,7 +214,7 @@ class Engine:
         )
 
     def stop(self, timeout_s: float = 30) -> None:
-        stop_process_group(self.process.pid, timeout_s)
+        stop_process_group(self.process.pid, timeout_s, leader=self.process)
         self.process.wait(timeout=5)
 
 
@@ -254,14 +254,20 @@ def is_healthy(url: str) -> bool:
         return False
 
 
-def stop_process_group(pid: int, timeout_s: float = 30) -> None:
-    """SIGTERM the group, then SIGKILL whatever is left after `timeout_s`."""
+def stop_process_group(
+    pid: int, timeout_s: float = 30, *, leader: subprocess.Popen | None = None
+) -> None:
+    """SIGTERM the group, then SIGKILL whatever is left after `timeout_s`. Pass the group's
+    `leader` when it is our child: it is reaped as it exits, since a zombie still counts as a
+    member of the group and would make every stop wait the whole timeout."""
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if leader is not None:
+            leader.poll()
         try:
             os.killpg(pid, 0)
         except ProcessLookupError:

@@ -26,7 +26,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def built_models() -> dict[str, Path]:
     """Every local base, built if missing (the quantized one with GPTQ, as `make models` does:
-    ~9 minutes on 2 cores, once per machine)."""
+    ~4 minutes on 2 cores, once per machine)."""
     from gemlora.train.bases import build_model
 
     return {name: build_model(name).path for name in LOCAL_BASES}
