@@ -395,6 +395,12 @@ class OutputSection(Section):
     promote_if: PromoteIf | None = Field(
         default=None, description="e.g. `{metric: contains, to: champion}`; None: never promote."
     )
+    register_retry_s: float = Field(
+        default=600,
+        ge=0,
+        description="How long a trained run keeps retrying its registration while MLflow is "
+        "unreachable (the adapter stays in the run directory either way).",
+    )
     experiment: str = Field(default="gemlora-training", description="MLflow experiment.")
     run_name: str | None = Field(default=None, description="MLflow run name; None: generated.")
     tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow run tags.")

@@ -31,6 +31,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -150,7 +151,12 @@ def _run(
     )
     if config.output.register_adapter:
         registry = _registry(tracking_uri)
-        result.version = _register(config, registry, loaded, data, result, init)
+        result.version = register_with_retry(
+            lambda: _register(config, registry, loaded, data, result, init),
+            config.output.register_retry_s,
+            progress,
+            adapter_dir,
+        )
         finish()  # registered: from here on the run completes, SIGTERM or not
         result.promoted = _promote(config, registry, result.version)
         progress.write(
@@ -540,6 +546,26 @@ def _register(
     )
     mlflow.set_tag("gemlora.registered", f"{config.output.name}/{version}")
     return version
+
+
+def register_with_retry(register: Callable[[], int], window_s: float, progress, adapter_dir):
+    """`register()`, retried with backoff while MLflow is unreachable, for up to `window_s`:
+    the adapter took the whole run to train, and an outage is usually shorter than that."""
+    from gemlora.adapters import RegistryUnavailableError
+
+    deadline, delay = time.monotonic() + window_s, 2.0
+    while True:
+        try:
+            return register()
+        except RegistryUnavailableError as error:
+            if time.monotonic() + delay > deadline:
+                raise RegistryUnavailableError(
+                    f"{error} Gave up registering after {window_s:.0f} s "
+                    f"(output.register_retry_s); the trained adapter is kept in {adapter_dir}."
+                ) from None
+            progress.write("registry_unavailable", retry_in_s=delay, error=str(error))
+            time.sleep(delay)
+            delay = min(2 * delay, 30.0)
 
 
 def _promote(config: TrainConfig, registry, version: int) -> bool | None:

@@ -98,6 +98,13 @@ def describe(record: dict[str, Any]) -> tuple[str, str, dict | None] | None:
         return "info", f"Checkpoint saved at step {step}", None
     if event == "generation_eval":
         return "info", _generation_message(record), None
+    if event == "registry_unavailable":
+        return (
+            "warn",
+            f"MLflow is unreachable; the adapter is kept and its registration is retried in "
+            f"{record.get('retry_in_s', 0):.0f} s",
+            None,
+        )
     if event == "registered":
         return "info", f"Registered {record['name']} version {record['version']}", None
     if event == "cancelled":
