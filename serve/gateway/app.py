@@ -434,13 +434,14 @@ class Gateway:
 
     async def health(self, _request: Request) -> Response:
         engine, registry = await asyncio.gather(self._engine_health(), self._registry_health())
-        healthy = engine == "ok" and registry in ("ok", "not configured")
-        body = {
-            "status": "ok" if healthy else "unavailable",
-            "engine": engine,
-            "registry": registry,
-        }
-        return JSONResponse(body, status_code=200 if healthy else 503)
+        # Without MLflow the base and every adapter resolved before still serve: degraded, but
+        # ready (a shared registry's outage must not take every replica out of rotation).
+        if engine != "ok":
+            status = "unavailable"
+        else:
+            status = "ok" if registry in ("ok", "not configured") else "degraded"
+        body = {"status": status, "engine": engine, "registry": registry}
+        return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
 
     async def _engine_health(self) -> str:
         health = await self.engine.health()
