@@ -135,3 +135,12 @@ def save_tiny_adapter(base_dir, out, seed: int = 0):
     )
     get_peft_model(model, config).save_pretrained(out)
     return out
+
+
+def engine_metric(engine_url: str, name: str) -> float:
+    """The sum of a metric of vLLM's /metrics over its labels."""
+    total = 0.0
+    for line in httpx.get(f"{engine_url}/metrics").text.splitlines():
+        if line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

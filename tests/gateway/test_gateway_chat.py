@@ -9,7 +9,7 @@ import time
 
 import httpx
 import pytest
-from gateway_helpers import BASE, DEFAULT_MAX_TOKENS, png
+from gateway_helpers import BASE, DEFAULT_MAX_TOKENS, engine_metric, png
 from openai import OpenAI
 
 pytestmark = pytest.mark.engine
@@ -114,18 +114,9 @@ def test_streaming_is_not_buffered(gateway, keys):
     assert arrivals[0] < arrivals[-1] / 2
 
 
-def _engine_metric(engine_url: str, name: str) -> float:
-    """The sum of a metric of vLLM's /metrics over its labels."""
-    total = 0.0
-    for line in httpx.get(f"{engine_url}/metrics").text.splitlines():
-        if line.startswith(name + "{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_client_disconnect_cancels_the_generation(gateway, keys):
     engine_url = gateway.gateway.settings.engine_url
-    generated_before = _engine_metric(engine_url, "vllm:generation_tokens_total")
+    generated_before = engine_metric(engine_url, "vllm:generation_tokens_total")
     body = {"model": BASE, "messages": HELLO, "stream": True, "max_tokens": 900, "stop": []}
     with httpx.stream(
         "POST",
@@ -136,13 +127,13 @@ def test_client_disconnect_cancels_the_generation(gateway, keys):
     ) as response:
         lines = response.iter_lines()
         next(lines), next(lines)  # generation has started
-        assert _engine_metric(engine_url, "vllm:num_requests_running") == 1
+        assert engine_metric(engine_url, "vllm:num_requests_running") == 1
     # The client is gone: the engine stops generating long before 900 tokens.
     deadline = time.monotonic() + 10
-    while _engine_metric(engine_url, "vllm:num_requests_running") > 0:
+    while engine_metric(engine_url, "vllm:num_requests_running") > 0:
         assert time.monotonic() < deadline, "the engine kept generating after the client left"
         time.sleep(0.05)
-    generated = _engine_metric(engine_url, "vllm:generation_tokens_total") - generated_before
+    generated = engine_metric(engine_url, "vllm:generation_tokens_total") - generated_before
     assert generated < 450
     metrics = httpx.get(f"{gateway.url}/metrics").text
     assert (
