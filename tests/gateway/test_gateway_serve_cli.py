@@ -6,6 +6,7 @@ Also `gemlora keys new` and the commands' --help."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -55,10 +56,19 @@ def engine_process_group(port: int) -> int:
 
 
 def kill_engine_and_see_it_restarted(url: str, engine_port: int) -> None:
-    """SIGKILL the engine: requests get a 503 with Retry-After and /health names the crash,
-    until the supervisor has it serving again (its start-up time, then requests succeed)."""
-    os.killpg(engine_process_group(engine_port), signal.SIGKILL)
+    """SIGKILL the engine mid-stream: the stream ends with an error event and [DONE]; requests
+    get a 503 with Retry-After and /health names the crash, until the supervisor has it serving
+    again (its start-up time, then requests succeed)."""
     body = {"model": BASE, "messages": [{"role": "user", "content": "Hi"}]}
+    long_answer = body | {"stream": True, "max_tokens": 900, "stop": []}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=long_answer, timeout=60) as stream:
+        events = stream.iter_lines()
+        assert next(events).startswith("data: ")  # generating
+        os.killpg(engine_process_group(engine_port), signal.SIGKILL)
+        rest = [line for line in events if line]
+    assert rest[-1] == "data: [DONE]", rest[-3:]
+    error = json.loads(rest[-2].removeprefix("data: "))["error"]
+    assert error["code"] == "engine_stream_broken" and error["message"], error
     deadline = time.monotonic() + 30
     while not (health := httpx.get(f"{url}/health").json())["engine"].startswith("restarting"):
         assert time.monotonic() < deadline, f"the supervisor never saw the engine go: {health}"
