@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 GEMLORA := .venv/bin/gemlora
 
-.PHONY: install models data demo demo-stop lint test test-fast bench-gateway bench-serving bench-train clean help
+.PHONY: install models data demo demo-stop lint test test-fast bench-gateway bench-serving bench-reliability bench-train clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ bench-gateway: install  ## gateway overhead vs vLLM directly at 1/8/32 clients (
 
 bench-serving: install  ## base, 1 and N adapters; gemlora vs vLLM kernels vs before; hot and new adapters (JSON + PNG; ~50 min)
 	$(PY) benchmarks/serving.py --out benchmarks/results/serving.json
+
+bench-reliability: install  ## soak, engine and MLflow SIGKILL mid-soak, disconnect storm, 10,000 fuzzed requests (JSON + PNG; ~15 min)
+	$(PY) benchmarks/reliability.py --out benchmarks/results/reliability.json
 
 bench-train: install  ## gemlora's trainer vs plain TRL: step time, memory, loss curves (JSON + PNG; ~20 min)
 	$(PY) benchmarks/train.py --out benchmarks/results/train.json

@@ -1,0 +1,468 @@
+"""Reliability under load and faults, through `gemlora serve` (supervised engine, local MLflow,
+gateway) on loopback. Every loop is bounded in count and time.
+
+    python benchmarks/reliability.py                 # or: make bench-reliability
+    python benchmarks/reliability.py --soak-s 20 --clients 16 --fuzz 1000
+
+Phases, one after the other, on one `gemlora serve`:
+
+1. soak: `--clients` streaming clients over four adapters and the base for `--soak-s`: errors,
+   hung streams (no end within 60 s), and the memory (RSS) of the gateway and the engine at the
+   start and the end;
+2. engine SIGKILL mid-soak: every request it affects must end cleanly (503 with Retry-After, or
+   a stream that ends with an error event and `data: [DONE]`); reported: time until requests
+   succeed again against the engine's measured start-up time, and failures after that (0);
+3. MLflow SIGKILL mid-soak: the adapters already resolved keep serving (0 errors) while the
+   supervisor starts MLflow again;
+4. disconnect storm: rounds of clients that hang up mid-stream or mid-request at full load,
+   then a load-generating process SIGKILLed at full load; the engine must run and hold nothing
+   within 5 s of the last one leaving;
+5. fuzz: `--fuzz` generated request bodies (tests/gateway/chat_fuzz.py): 0 answers >= 500,
+   and a valid request still answered after them.
+
+JSON on stdout and in benchmarks/results/reliability.json, a chart beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(REPO / "tests/gateway"))
+from chat_fuzz import chat_requests, valid_request  # noqa: E402  (the fuzz test's generator)
+from gateway import free_port, machine  # noqa: E402
+from serving import register, write_adapters  # noqa: E402
+
+ADAPTERS = [f"soak-{i}" for i in range(4)]
+HUNG_S = 60.0  # a stream without its end after this long counts as hung
+FREED_WITHIN_S = 5.0
+
+
+# --- the server under test ---------------------------------------------------------------------
+
+
+class Served:
+    """`gemlora serve` on a generated config, in a scratch GEMLORA_HOME (the built bases linked)."""
+
+    def __init__(self, base: str, scratch: Path) -> None:
+        from gemlora.paths import models_dir
+
+        self.base = base
+        home = scratch / "home"
+        home.mkdir()
+        (home / "models").symlink_to(models_dir())
+        self.ports = {name: free_port() for name in ("mlflow", "engine", "gateway")}
+        self.url = f"http://127.0.0.1:{self.ports['gateway']}"
+        self.engine_url = f"http://127.0.0.1:{self.ports['engine']}"
+        self.mlflow_url = f"http://127.0.0.1:{self.ports['mlflow']}"
+        config = {
+            "engine": {"base": base, "port": self.ports["engine"], "max_num_seqs": 16},
+            "registry": {"tracking_uri": self.mlflow_url, "alias_ttl_s": 5},
+            "gateway": {"port": self.ports["gateway"], "auth": False},
+        }
+        path = scratch / "serve.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self.log_path = scratch / "serve.log"
+        started = time.monotonic()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gemlora.cli", "serve", str(path), "--no-auth"],
+            env=dict(os.environ, GEMLORA_HOME=str(home)),
+            stdout=self.log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.wait_healthy(900)
+        self.startup_s = time.monotonic() - started
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gemlora serve exited; log: {self.log_path}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).json().get("status") == "ok":
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"gemlora serve not healthy after {timeout_s:.0f} s")
+
+    def group_of(self, marker: str, port: int) -> int:
+        """The process group of the child whose command line has `marker` and `port`."""
+        import psutil
+
+        for process in psutil.process_iter(["cmdline"]):
+            command = " ".join(process.info["cmdline"] or [])
+            if marker in command and str(port) in command:
+                return os.getpgid(process.pid)
+        raise LookupError(f"no process with {marker!r} on port {port}")
+
+    def kill_engine(self) -> None:
+        engine = self.group_of("vllm.entrypoints.openai.api_server", self.ports["engine"])
+        os.killpg(engine, signal.SIGKILL)
+
+    def kill_mlflow(self) -> None:
+        os.killpg(self.group_of("mlflow server", self.ports["mlflow"]), signal.SIGKILL)
+
+    def memory_mib(self) -> dict[str, float]:
+        """RSS of the gateway (the `gemlora serve` process) and of the engine's process group."""
+        import psutil
+
+        engine_group = self.group_of("vllm.entrypoints.openai.api_server", self.ports["engine"])
+        engine = sum(
+            p.memory_info().rss for p in psutil.process_iter() if _in_group(p, engine_group)
+        )
+        gateway = psutil.Process(self.process.pid).memory_info().rss
+        return {"gateway": round(gateway / 2**20, 1), "engine": round(engine / 2**20, 1)}
+
+    def in_flight(self) -> float:
+        text = httpx.get(f"{self.engine_url}/metrics", timeout=5).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(("vllm:num_requests_running{", "vllm:num_requests_waiting{"))
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def _in_group(process, group: int) -> bool:
+    try:
+        return os.getpgid(process.pid) == group
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+# --- clients -----------------------------------------------------------------------------------
+
+
+async def stream_once(client: httpx.AsyncClient, url: str, model: str, tokens: int) -> dict:
+    """One streamed request: `ok`, `clean_error` (a 503 or an error event then [DONE]),
+    `failed` (anything else) or `hung`; and how long it took."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Tell me about lighthouses."}],
+        "max_tokens": tokens,
+        "stream": True,
+    }
+    started = time.monotonic()
+    outcome, retry_after = "failed", 0.0
+    try:
+        async with asyncio.timeout(HUNG_S):
+            async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+                if response.status_code == 503:
+                    await response.aread()
+                    retry_after = float(response.headers.get("retry-after", 1))
+                    outcome = "clean_error" if "error" in response.json() else "failed"
+                elif response.status_code == 200:
+                    outcome = await _read_events(response)
+    except TimeoutError:
+        outcome = "hung"
+    except httpx.HTTPError:
+        outcome = "failed"
+    return {"outcome": outcome, "s": time.monotonic() - started, "retry_after": retry_after}
+
+
+async def _read_events(response: httpx.Response) -> str:
+    errored = False
+    async for line in response.aiter_lines():
+        if line == "data: [DONE]":
+            return "clean_error" if errored else "ok"
+        if line.startswith("data: ") and '"error"' in line:
+            errored = True
+    return "failed"  # the stream ended without [DONE]
+
+
+async def soak(
+    url: str,
+    models: list[str],
+    clients: int,
+    seconds: float,
+    tokens: int,
+    fault=None,
+    fault_at_s: float = 10,
+) -> dict:
+    """`clients` closed-loop streaming clients over `models` for `seconds`; `fault()` runs once
+    at `fault_at_s`. A client told to retry waits Retry-After (at most 5 s), as clients should."""
+    records: list[dict] = []
+    deadline = time.monotonic() + seconds
+    fault_time: list[float] = []
+
+    async def client_loop(index: int, client: httpx.AsyncClient) -> None:
+        model = models[index % len(models)]
+        while time.monotonic() < deadline:
+            record = await stream_once(client, url, model, tokens)
+            records.append(record | {"end": time.monotonic(), "model": model})
+            if record["outcome"] == "clean_error":
+                await asyncio.sleep(min(record["retry_after"] or 1.0, 5.0))
+
+    async def injector() -> None:
+        await asyncio.sleep(fault_at_s)
+        fault_time.append(time.monotonic())
+        await asyncio.to_thread(fault)
+
+    limits = httpx.Limits(max_connections=clients + 8)
+    async with httpx.AsyncClient(timeout=HUNG_S + 5, limits=limits) as client:
+        tasks = [client_loop(i, client) for i in range(clients)]
+        if fault is not None:
+            tasks.append(injector())
+        await asyncio.gather(*tasks)
+    return summarise_soak(records, fault_time[0] if fault_time else None)
+
+
+def summarise_soak(records: list[dict], fault_time: float | None) -> dict:
+    outcomes = Counter(r["outcome"] for r in records)
+    summary = {"requests": len(records), "outcomes": dict(outcomes)}
+    if fault_time is not None:
+        after = [r for r in records if r["end"] > fault_time]
+        recovered = min((r["end"] for r in after if r["outcome"] == "ok"), default=None)
+        summary["recovered_after_s"] = (
+            None if recovered is None else round(recovered - fault_time, 1)
+        )
+        if recovered is not None:
+            late = [r for r in after if r["end"] > recovered and r["outcome"] != "ok"]
+            summary["failures_after_recovery"] = len(late)
+    return summary
+
+
+async def hang_up_at_load(url: str, engine_in_flight, models: list[str], clients: int) -> None:
+    """`clients` requests at once (odd ones streamed) that hang up together once the engine
+    holds as many as it runs at once (or after 20 s): streams mid-answer, the rest mid-request."""
+    body = valid_request(models[0]) | {"max_tokens": 400, "stop": []}
+
+    chat = f"{url}/v1/chat/completions"
+
+    async def read_stream(client: httpx.AsyncClient, model: str) -> None:
+        async with client.stream("POST", chat, json=body | {"model": model, "stream": True}) as r:
+            async for _ in r.aiter_lines():
+                pass
+
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=clients)) as c:
+        requests = []
+        for i in range(clients):
+            model = models[i % len(models)]
+            send = read_stream(c, model) if i % 2 else c.post(chat, json=body | {"model": model})
+            requests.append(asyncio.create_task(send))
+        deadline = time.monotonic() + 20
+        while await asyncio.to_thread(engine_in_flight) < 16 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for request in requests:
+            request.cancel()
+        await asyncio.gather(*requests, return_exceptions=True)
+
+
+def killed_load_generator(url: str, models: list[str], clients: int) -> None:
+    """The incident of issue 17: a load-generating process SIGKILLed mid-run (its sockets are
+    closed by the kernel, not by the client)."""
+    asyncio.run(hang_up_at_load(url, lambda: 0.0, models, clients))  # never hangs up itself
+
+
+def disconnect_storm(served: Served, models: list[str], clients: int, rounds: int) -> dict:
+    """`rounds` rounds of `clients` requests that hang up together at full load, then one round
+    from a separate process that is SIGKILLed at full load; after each, how long the engine
+    takes to run and hold nothing."""
+    import multiprocessing
+
+    def seconds_until_freed() -> float:
+        left = time.monotonic()
+        while served.in_flight() > 0 and time.monotonic() - left < 180:
+            time.sleep(0.1)
+        return round(time.monotonic() - left, 2)
+
+    freed_s = []
+    for _ in range(rounds):
+        asyncio.run(hang_up_at_load(served.url, served.in_flight, models, clients))
+        freed_s.append(seconds_until_freed())
+    generator = multiprocessing.get_context("spawn").Process(
+        target=killed_load_generator, args=(served.url, models, clients)
+    )
+    generator.start()
+    deadline = time.monotonic() + 60
+    while served.in_flight() < 16 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    generator.kill()
+    generator.join()
+    killed_freed_s = seconds_until_freed()
+    return {
+        "rounds": rounds,
+        "clients": clients,
+        "freed_after_s": freed_s,
+        "killed_client_process_freed_after_s": killed_freed_s,
+        "all_freed_within_5_s": all(s <= FREED_WITHIN_S for s in [*freed_s, killed_freed_s]),
+    }
+
+
+def fuzz(url: str, count: int, base: str) -> dict:
+    """`count` generated bodies, one at a time; then a valid request."""
+    from hypothesis import HealthCheck, given, settings
+
+    statuses: Counter[int] = Counter()
+    server_errors: list[dict] = []
+    with httpx.Client(timeout=60) as client:
+
+        @settings(
+            max_examples=count,
+            derandomize=True,
+            database=None,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(chat_requests(base))
+        def send(body: dict) -> None:
+            response = client.post(f"{url}/v1/chat/completions", json=body)
+            statuses[response.status_code] += 1
+            if response.status_code >= 500 and len(server_errors) < 10:
+                server_errors.append({"body": body, "answer": response.text[:300]})
+
+        send()
+        final = client.post(f"{url}/v1/chat/completions", json=valid_request(base))
+    return {
+        "requests": sum(statuses.values()),
+        "statuses": {str(code): n for code, n in sorted(statuses.items())},
+        "server_errors": server_errors,
+        "valid_request_after": final.status_code,
+    }
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--base",
+        default="gemma-3-270m-w4a16",
+        choices=["gemma-3-270m-w4a16", "gemma-3-270m"],
+        help="the served base (the demo's by default)",
+    )
+    parser.add_argument("--clients", type=int, default=64, help="concurrent streaming clients")
+    parser.add_argument("--soak-s", type=float, default=60, help="seconds of each soak")
+    parser.add_argument("--tokens", type=int, default=16, help="max_tokens of soak requests")
+    parser.add_argument("--storm-rounds", type=int, default=3, help="disconnect storm rounds")
+    parser.add_argument("--fuzz", type=int, default=10_000, help="generated requests")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/reliability.json")
+    options = parser.parse_args()
+    report = run(options)
+    text = json.dumps(report, indent=2)
+    print(text)
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(text + "\n")
+    chart(report, options.out.with_suffix(".png"))
+    print(f"wrote {options.out} and {options.out.with_suffix('.png')}", file=sys.stderr)
+
+
+def run(options) -> dict:
+    from gemlora.adapters import AdapterRegistry, RegistryConfig
+    from gemlora.train.bases import build_model
+
+    build_model(options.base)
+    with tempfile.TemporaryDirectory(prefix="gemlora-bench-reliability-") as scratch_dir:
+        scratch = Path(scratch_dir)
+        adapters = write_adapters(options.base, ADAPTERS, 8, scratch / "adapters")
+        served = Served(options.base, scratch)
+        try:
+            registry_config = RegistryConfig(tracking_uri=served.mlflow_url, cache_dir=scratch)
+            register(AdapterRegistry(registry_config), options.base, adapters)
+            base_name = httpx.get(f"{served.url}/v1/models").json()["data"][0]["id"]
+            report = phases(served, options, [base_name, *ADAPTERS])
+        except BaseException:
+            print(f"the run failed; serve log: {served.log_path}", file=sys.stderr)
+            (options.out.parent / "reliability-serve.log").write_bytes(served.log_path.read_bytes())
+            raise
+        finally:
+            served.stop()
+    return {"base": options.base, "machine": machine(), "options": _options(options)} | report
+
+
+def phases(served: Served, options, models: list[str]) -> dict:
+    """The five phases in order; `models`: the base's served name, then the adapters."""
+
+    def soak_with(fault=None, seconds: float = options.soak_s) -> dict:
+        load = soak(served.url, models, options.clients, seconds, options.tokens, fault)
+        return asyncio.run(load)
+
+    memory_before = served.memory_mib()
+    steady = soak_with()
+    steady["memory_mib"] = {"start": memory_before, "end": served.memory_mib()}
+    print("soak", json.dumps(steady), file=sys.stderr)
+
+    # Long enough to see the engine start again and serve a while after.
+    engine_kill = soak_with(served.kill_engine, 10 + served.startup_s + options.soak_s)
+    served.wait_healthy(900)
+    engine_kill["engine_startup_s"] = round(served.startup_s, 1)
+    print("engine SIGKILL", json.dumps(engine_kill), file=sys.stderr)
+
+    mlflow_kill = soak_with(served.kill_mlflow)
+    print("MLflow SIGKILL", json.dumps(mlflow_kill), file=sys.stderr)
+
+    storm = disconnect_storm(served, models, options.clients, options.storm_rounds)
+    print("disconnect storm", json.dumps(storm), file=sys.stderr)
+
+    fuzzed = fuzz(served.url, options.fuzz, models[0])
+    print(
+        "fuzz",
+        json.dumps({k: v for k, v in fuzzed.items() if k != "server_errors"}),
+        file=sys.stderr,
+    )
+    return {
+        "soak": steady,
+        "engine_sigkill": engine_kill,
+        "mlflow_sigkill": mlflow_kill,
+        "disconnect_storm": storm,
+        "fuzz": fuzzed,
+    }
+
+
+def _options(options) -> dict:
+    return {k: v for k, v in vars(options).items() if k != "out"}
+
+
+def chart(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phases_ = {
+        "soak": "soak",
+        "engine_sigkill": "engine SIGKILL",
+        "mlflow_sigkill": "MLflow SIGKILL",
+    }
+    outcomes = ("ok", "clean_error", "failed", "hung")
+    figure, axis = plt.subplots(figsize=(8, 4))
+    bottoms = [0] * len(phases_)
+    for outcome in outcomes:
+        values = [report[key]["outcomes"].get(outcome, 0) for key in phases_]
+        axis.bar(list(phases_.values()), values, bottom=bottoms, label=outcome)
+        bottoms = [b + v for b, v in zip(bottoms, values, strict=True)]
+    axis.set_ylabel("requests")
+    axis.set_title(f"{report['options']['clients']} streaming clients, {report['base']}")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
