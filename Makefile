@@ -38,7 +38,7 @@ bench-gateway: install  ## gateway overhead vs vLLM directly at 1/8/32 clients (
 bench-serving: install  ## base, 1 and N adapters; gemlora vs vLLM kernels vs before; hot and new adapters (JSON + PNG; ~50 min)
 	$(PY) benchmarks/serving.py --out benchmarks/results/serving.json
 
-bench-reliability: install  ## soak, engine and MLflow SIGKILL mid-soak, disconnect storm, 10,000 fuzzed requests (JSON + PNG; ~15 min)
+bench-reliability: install  ## soak, engine and MLflow SIGKILL mid-soak, disconnect storm, 10,000 fuzzed requests (JSON + PNG; ~17 min)
 	$(PY) benchmarks/reliability.py --out benchmarks/results/reliability.json
 
 bench-train: install  ## gemlora's trainer vs plain TRL: step time, memory, loss curves (JSON + PNG; ~20 min)

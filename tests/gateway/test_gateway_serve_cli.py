@@ -6,6 +6,7 @@ Also `gemlora keys new` and the commands' --help."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -123,6 +124,10 @@ def test_serve_starts_mlflow_engine_and_gateway_and_sigterm_stops_them(built_mod
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=90) == 0
     finally:
+        if process.poll() is None:  # a failed check: stop it so that it stops its children too
+            process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=90)
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         log.close()
