@@ -51,6 +51,10 @@ _EXPONENT_MASKS = {
 }
 
 
+# Gemma 3's vision parts: vLLM adapts them only with tower and connector LoRA enabled.
+VISION_PARTS = (".vision_tower.", ".multi_modal_projector.")
+
+
 @dataclass(frozen=True)
 class TrainingBase:
     """The base an adapter was trained on, as far as the family check needs it."""
@@ -85,12 +89,14 @@ def check_compatibility(
     base: BaseSpec,
     max_lora_rank: int | None = None,
     trained_on: TrainingBase | None = None,
+    vision_lora: bool = True,
 ) -> Compatibility:
     """Check a PEFT adapter directory against the base it would be served on.
 
     `trained_on` defaults to the base named by `base_model_name_or_path` in the adapter config.
-    `max_lora_rank` None skips the rank limit. Never raises for a bad adapter: every problem is
-    a reason in the result.
+    `max_lora_rank` None skips the rank limit. `vision_lora` False: the engine applies LoRA to
+    the language model only, so vision-tower or projector weights are a reason (vLLM would
+    drop them silently). Never raises for a bad adapter: every problem is a reason.
     """
     try:
         config = read_adapter_config(adapter_dir)
@@ -100,7 +106,7 @@ def check_compatibility(
         reason = f"peft_type is {config.get('peft_type')!r}: only LoRA adapters (LORA) are served"
         return Compatibility(reasons=(reason,))
     try:
-        return _check_lora(Path(adapter_dir), config, base, max_lora_rank, trained_on)
+        return _check_lora(Path(adapter_dir), config, base, max_lora_rank, trained_on, vision_lora)
     except Exception as error:  # a malformed adapter the checks below did not foresee
         return Compatibility(reasons=(f"cannot be checked: {type(error).__name__}: {error}",))
 
@@ -111,6 +117,7 @@ def _check_lora(
     base: BaseSpec,
     max_lora_rank: int | None,
     trained_on: TrainingBase | None,
+    vision_lora: bool,
 ) -> Compatibility:
     reasons = _unsupported_features(config) + _rank_problems(config, max_lora_rank)
     family_reasons, notes = _family_check(config, base, trained_on)
@@ -129,6 +136,8 @@ def _check_lora(
     else:
         reasons += _tensor_problems(tensors, config, layout, base.name)
         reasons += _nonfinite_problems(adapter_dir / WEIGHTS_FILE)
+        if not vision_lora:
+            reasons += _vision_problems(tensors)
     return Compatibility(tuple(reasons), tuple(notes))
 
 
@@ -362,6 +371,20 @@ def _tensor_problems(
         + _summarize("adapted layers whose rank is not the configured one", ranks)
         + _summarize(f"adapted layers that {base_name} does not have", absent)
         + _summarize(f"adapted layers whose shapes do not match {base_name}", shapes)
+    )
+
+
+def _vision_problems(tensors: dict[str, list[int]]) -> list[str]:
+    modules, _ = _group_lora_tensors(tensors)
+    vision = [
+        key.removeprefix("base_model.model.")
+        for key in modules
+        if any(part in f".{key}." for part in VISION_PARTS)
+    ]
+    return _summarize(
+        "vision-tower or projector layers with LoRA weights, which this engine does not apply "
+        "(serve it with engine.vision_lora: true)",
+        vision,
     )
 
 

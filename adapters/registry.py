@@ -480,15 +480,21 @@ class AdapterRegistry:
         return self._lookup(parse_ref(ref))
 
     def resolve(
-        self, ref: str, *, base: BaseSpec | str | None = None, max_lora_rank: int | None = None
+        self,
+        ref: str,
+        *,
+        base: BaseSpec | str | None = None,
+        max_lora_rank: int | None = None,
+        vision_lora: bool = True,
     ) -> ResolvedAdapter:
         """A reference -> a verified local PEFT directory from the cache.
 
         `ref`: `NAME@ALIAS`, `NAME/VERSION`, or `NAME` (the default alias if set, else the
         newest version). Lookups are trusted for `alias_ttl_s`, so a moved alias is picked up
         within that time; when MLflow is unreachable, the last lookup is used. With `base`,
-        the adapter is checked against it (and `max_lora_rank`) and `IncompatibleAdapterError`
-        says why it does not fit. Raises `AdapterNotFoundError` naming the missing part.
+        the adapter is checked against it (and `max_lora_rank`; `vision_lora` False refuses
+        vision-tower weights) and `IncompatibleAdapterError` says why it does not fit.
+        Raises `AdapterNotFoundError` naming the missing part.
         """
         parsed = parse_ref(ref)
         version = self._lookup(parsed)
@@ -503,7 +509,7 @@ class AdapterRegistry:
         notes: list[str] = []
         if base is not None:
             spec = served_base(base)
-            compatibility = self._check(path, version, spec, max_lora_rank)
+            compatibility = self._check(path, version, spec, max_lora_rank, vision_lora)
             subject = f"adapter {ref} (version {version.version})"
             compatibility.raise_if_incompatible(subject, spec.name)
             notes = list(compatibility.notes)
@@ -615,14 +621,19 @@ class AdapterRegistry:
         mlflow_client.download(source, str(destination), self.config.tracking_uri)
 
     def _check(
-        self, path: Path, version: AdapterVersion, base: BaseSpec, max_lora_rank: int | None
+        self,
+        path: Path,
+        version: AdapterVersion,
+        base: BaseSpec,
+        max_lora_rank: int | None,
+        vision_lora: bool,
     ) -> Compatibility:
         trained_on = _training_base(version.metadata)
-        key = (version.digest, base, max_lora_rank, trained_on)
+        key = (version.digest, base, max_lora_rank, trained_on, vision_lora)
         with self._lock:
             if key in self._checks:
                 return self._checks[key]
-        result = check_compatibility(path, base, max_lora_rank, trained_on)
+        result = check_compatibility(path, base, max_lora_rank, trained_on, vision_lora)
         with self._lock:
             self._checks[key] = result
         return result

@@ -66,6 +66,13 @@ class EngineConfig(BaseModel):
     max_cpu_loras: int = Field(
         default=16, ge=1, description="Adapters kept loaded in memory (at least max_loras)."
     )
+    vision_lora: bool | None = Field(
+        default=None,
+        description="Apply adapters' LoRA to the vision tower and projector too "
+        "(--enable-tower-connector-lora), as `lora.train_vision_tower` trains them. None: on for "
+        "multimodal bases. Off, an adapter with vision weights is refused (400 "
+        "incompatible_adapter), never served in part.",
+    )
     hot_adapters: list[str] = Field(
         default_factory=list,
         description="Registry references or name globs (`support-*@champion`) loaded and pinned "
@@ -104,6 +111,9 @@ class EngineConfig(BaseModel):
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def applies_vision_lora(self, spec: BaseSpec) -> bool:
+        return self.enable_lora and spec.multimodal and self.vision_lora is not False
 
 
 def vllm_dtype(dtype: str) -> str:
@@ -153,12 +163,16 @@ def build_command(
             "--max-loras", str(config.max_loras),
             "--max-cpu-loras", str(config.max_cpu_loras),
         ]  # fmt: skip
+    if config.applies_vision_lora(spec):
+        command += ["--enable-tower-connector-lora"]
     if config.enable_lora and registry is not None:
         command += ["--middleware", MIDDLEWARE]
     return command + config.extra_args
 
 
-def engine_env(config: EngineConfig, registry: RegistryConfig | None = None) -> dict[str, str]:
+def engine_env(
+    config: EngineConfig, spec: BaseSpec, registry: RegistryConfig | None = None
+) -> dict[str, str]:
     env = dict(os.environ)
     if config.enable_lora and registry is not None:
         routing = RoutingConfig(
@@ -167,6 +181,7 @@ def engine_env(config: EngineConfig, registry: RegistryConfig | None = None) -> 
             max_lora_rank=config.max_lora_rank,
             max_loras=config.max_loras,
             hot_adapters=config.hot_adapters,
+            vision_lora=config.applies_vision_lora(spec),
         )
         env[ROUTING_ENV] = routing.to_env()
         # An unreachable registry must fail a request in seconds, not after minutes of retries.
@@ -235,7 +250,7 @@ def start_engine(
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             build_command(config, spec, registry),
-            env=engine_env(config, registry),
+            env=engine_env(config, spec, registry),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

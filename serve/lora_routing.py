@@ -58,6 +58,7 @@ class RoutingConfig(BaseModel):
     max_lora_rank: int
     max_loras: int = 4
     hot_adapters: list[str] = []
+    vision_lora: bool = False  # the engine applies LoRA to the vision tower and projector
 
     def to_env(self) -> str:
         return self.model_dump_json()
@@ -68,10 +69,16 @@ class AdapterRouter:
     registry: AdapterRegistry
     served_base: str
     max_lora_rank: int
+    vision_lora: bool = False
     hot: HotAdapters | None = None
 
     def resolve(self, ref: str) -> ResolvedAdapter:
-        return self.registry.resolve(ref, base=self.served_base, max_lora_rank=self.max_lora_rank)
+        return self.registry.resolve(
+            ref,
+            base=self.served_base,
+            max_lora_rank=self.max_lora_rank,
+            vision_lora=self.vision_lora,
+        )
 
 
 @functools.cache
@@ -83,7 +90,10 @@ def router_from_env() -> AdapterRouter | None:
     config = RoutingConfig.model_validate_json(raw)
     log_to_engine_log()
     router = AdapterRouter(
-        AdapterRegistry(config.registry), config.served_base, config.max_lora_rank
+        AdapterRegistry(config.registry),
+        config.served_base,
+        config.max_lora_rank,
+        config.vision_lora,
     )
     if config.hot_adapters:
         refresh_s = config.registry.alias_ttl_s

@@ -39,6 +39,15 @@ def test_multimodal_text_and_vision_layers_are_found(adapters, bases):
     assert result.ok, result.reasons
 
 
+def test_vision_weights_are_refused_where_the_engine_applies_no_vision_lora(adapters, bases):
+    tiny = bases["tiny-gemma-3-mm"]
+    refused = check_compatibility(adapters.tiny_vision, tiny, max_lora_rank=16, vision_lora=False)
+    (reason,) = refused.reasons
+    assert "vision-tower or projector layers with LoRA weights" in reason, reason
+    assert "model.vision_tower." in reason and "engine.vision_lora: true" in reason, reason
+    assert check_compatibility(adapters.tiny_text, tiny, max_lora_rank=16, vision_lora=False).ok
+
+
 def test_a_non_lora_adapter_is_refused(adapters, bases):
     result = check_compatibility(adapters.ia3, bases["gemma-3-270m"], max_lora_rank=16)
     assert result.reasons == ("peft_type is 'IA3': only LoRA adapters (LORA) are served",)

@@ -18,8 +18,8 @@ def build(
     method: Annotated[
         str | None,
         typer.Option(
-            help="Quantization for gemma-3-270m-w4a16: gptq (calibrated, ~3 min on 2 CPU cores) or rtn "
-            "(round-to-nearest, seconds). Default: keep what is built, else gptq."
+            help="Quantization for gemma-3-270m-w4a16: gptq (calibrated, ~3 min on 2 CPU cores) "
+            "or rtn (round-to-nearest, seconds). Default: keep what is built, else gptq."
         ),
     ] = None,
 ) -> None:
