@@ -57,7 +57,8 @@ def build_model(name: str, *, force: bool = False, method: str | None = None) ->
     target = models_dir() / name
     manifest = read_manifest(target)
     built_method = (manifest or {}).get("quantization", {}).get("method")
-    if manifest and not force and (method is None or built_method in (None, method)):
+    current = manifest and manifest.get("source") == RECIPES.get(name, manifest.get("source"))
+    if current and not force and (method is None or built_method in (None, method)):
         return BuildResult(name, target, built=False)
     staging = target.with_name(f".{name}.building")
     shutil.rmtree(staging, ignore_errors=True)
@@ -153,6 +154,13 @@ def _build_w4a16(out: Path, method: str) -> dict:
 TINY_SEED = 0
 TINY_IMAGE_SIZE = 64  # 64 / patch 16 = 4 patches a side, pooled to 2x2 = 4 tokens per image
 TINY_TOKENS_PER_IMAGE = 4
+TINY_PROJECTION_STD = 0.2
+TINY_SOURCE = (
+    f"random init, torch seed {TINY_SEED}, image projection N(0, {TINY_PROJECTION_STD}); "
+    "tokenizer from gemma-3-270m"
+)
+# A built model whose manifest names another recipe is built again (the recipe changed).
+RECIPES = {"tiny-gemma-3-mm": TINY_SOURCE}
 
 
 def _build_tiny_mm(out: Path) -> dict:
@@ -179,7 +187,12 @@ def _build_tiny_mm(out: Path) -> dict:
 
     config = _tiny_config(Gemma3Config)
     torch.manual_seed(TINY_SEED)
-    model = Gemma3ForConditionalGeneration(config).to(torch.bfloat16).eval()
+    model = Gemma3ForConditionalGeneration(config)
+    # transformers initialises the image projection to zeros: every image would embed to the
+    # same vector and the model would not see what is in it.
+    projection = model.model.multi_modal_projector.mm_input_projection_weight
+    torch.nn.init.normal_(projection, std=TINY_PROJECTION_STD)
+    model = model.to(torch.bfloat16).eval()
     _set_generation_config(model)
     config.architectures = ["Gemma3ForConditionalGeneration"]
     config.save_pretrained(out)
@@ -200,7 +213,7 @@ def _build_tiny_mm(out: Path) -> dict:
         image_seq_length=TINY_TOKENS_PER_IMAGE,
     )
     processor.save_pretrained(out)
-    return {"source": f"random init, torch seed {TINY_SEED}; tokenizer from gemma-3-270m"}
+    return {"source": TINY_SOURCE}
 
 
 def _tiny_config(config_class):
