@@ -70,8 +70,9 @@ class EngineConfig(BaseModel):
         default=None,
         description="Apply adapters' LoRA to the vision tower and projector too "
         "(--enable-tower-connector-lora), as `lora.train_vision_tower` trains them. None: on for "
-        "multimodal bases. Off, an adapter with vision weights is refused (400 "
-        "incompatible_adapter), never served in part.",
+        "multimodal bases on a GPU, off on CPU (vLLM's CPU engine was measured not to apply "
+        "it). Off, an adapter with vision weights is refused (400 incompatible_adapter), never "
+        "served in part.",
     )
     hot_adapters: list[str] = Field(
         default_factory=list,
@@ -113,7 +114,8 @@ class EngineConfig(BaseModel):
         return f"http://{self.host}:{self.port}"
 
     def applies_vision_lora(self, spec: BaseSpec) -> bool:
-        return self.enable_lora and spec.multimodal and self.vision_lora is not False
+        wanted = self.vision_lora if self.vision_lora is not None else not on_cpu()
+        return self.enable_lora and spec.multimodal and wanted
 
 
 def vllm_dtype(dtype: str) -> str:
