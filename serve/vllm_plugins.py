@@ -80,3 +80,16 @@ def install_lora_resolver() -> None:
 
     log_to_engine_log()
     register_resolver()
+
+
+def install_gemma3_tower_lora_names() -> None:
+    """Gemma 3 whose vision-tower LoRA, as PEFT saves it under transformers 5, reaches the
+    tower's layers; see `gemlora.serve.gemma3_tower_lora`. Named as a string, the class is
+    imported only by a process that loads a Gemma 3 multimodal model."""
+    if importlib.util.find_spec("vllm") is None:
+        return
+    from vllm import ModelRegistry
+
+    ModelRegistry.register_model(
+        "Gemma3ForConditionalGeneration", "gemlora.serve.gemma3_tower_lora:Gemma3TowerLoRA"
+    )

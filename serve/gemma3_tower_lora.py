@@ -1,0 +1,34 @@
+"""Gemma 3 in vLLM with vision-tower LoRA that finds its layers.
+
+transformers 5 builds Gemma 3's SigLIP tower without its `vision_model` level
+(`model.vision_tower.encoder.layers.0...`) and translates only full checkpoints to the old
+names when it saves them. PEFT saves adapters under the live module names, so a tower LoRA
+trained here is named `model.vision_tower.encoder...`, while vLLM 0.32's Gemma 3 maps
+`model.vision_tower.` to `vision_tower.` and wraps `vision_tower.vision_model.encoder...`: the
+tower's LoRA weights matched no layer and were dropped without a word (measured: a vision-only
+adapter gave exactly the base's log-probs on an image prompt).
+
+`Gemma3TowerLoRA` is vLLM's model with one more rename, registered in vLLM's model registry
+under the same architecture name by the `gemlora_gemma3_tower_lora` plugin. Base checkpoints
+are unaffected: they name the tower `vision_tower.vision_model.` or
+`model.vision_tower.vision_model.`, which the rename leaves alone.
+"""
+
+from __future__ import annotations
+
+import re
+
+from vllm.model_executor.models.gemma3_mm import Gemma3ForConditionalGeneration
+from vllm.model_executor.models.utils import WeightsMapper
+
+# `model.vision_tower.encoder...` (transformers 5, PEFT) -> `vision_tower.vision_model.encoder...`
+FLAT_TOWER = WeightsMapper(
+    orig_to_new_regex={re.compile(r"^model\.vision_tower\.(?!vision_model\.)"): "vision_tower.vision_model."}
+)
+
+
+class Gemma3TowerLoRA(Gemma3ForConditionalGeneration):
+    """vLLM's Gemma 3 that also reads transformers 5's flat vision-tower names."""
+
+    # Regexes run before vLLM's prefix renames, so the flat name never reaches them.
+    hf_to_vllm_mapper = FLAT_TOWER | Gemma3ForConditionalGeneration.hf_to_vllm_mapper
