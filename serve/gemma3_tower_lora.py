@@ -22,9 +22,8 @@ from vllm.model_executor.models.gemma3_mm import Gemma3ForConditionalGeneration
 from vllm.model_executor.models.utils import WeightsMapper
 
 # `model.vision_tower.encoder...` (transformers 5, PEFT) -> `vision_tower.vision_model.encoder...`
-FLAT_TOWER = WeightsMapper(
-    orig_to_new_regex={re.compile(r"^model\.vision_tower\.(?!vision_model\.)"): "vision_tower.vision_model."}
-)
+FLAT_TOWER_NAME = re.compile(r"^model\.vision_tower\.(?!vision_model\.)")
+FLAT_TOWER = WeightsMapper(orig_to_new_regex={FLAT_TOWER_NAME: "vision_tower.vision_model."})
 
 
 class Gemma3TowerLoRA(Gemma3ForConditionalGeneration):
