@@ -27,6 +27,8 @@ from gemlora.adapters.registry import (
     AdapterVersion,
     RegistryConfig,
 )
+from gemlora.adapters.verification import DEFAULT_TOLERANCE
+from gemlora.adapters.verification import describe as describe_verification
 
 app = typer.Typer(no_args_is_help=True)
 # soft_wrap: messages stay one line each for scripts and grep; tables still fit the terminal.
@@ -109,8 +111,9 @@ def show(ctx: typer.Context, name: NameArgument, as_json: JsonOption = False) ->
     console.print(f"[bold]{escape(details.name)}[/bold]  {escape(details.description)}")
     console.print(f"aliases: {_aliases(details.aliases)}")
     table = Table(
-        "Version", "Aliases", "Base", "Rank", "Targets", "Eval", "Digest", "Size", "Created"
-    )
+        "Version", "Aliases", "Base", "Rank", "Targets", "Eval", "Verified", "Digest", "Size",
+        "Created",
+    )  # fmt: skip
     for version in details.versions:
         table.add_row(*_version_row(version))
     console.print(table)
@@ -236,7 +239,23 @@ def verify(
         list[str] | None,
         typer.Option("--prompt", help="A held-out prompt (repeatable; default: built-in ones)."),
     ] = None,
+    image: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--image",
+            exists=True,
+            dir_okay=False,
+            help="A held-out image asked about on a multimodal base (repeatable; default: two "
+            "built-in ones).",
+        ),
+    ] = None,
     tokens: Annotated[int, typer.Option(min=1, help="Greedy tokens compared per prompt.")] = 16,
+    tolerance: Annotated[
+        float,
+        typer.Option(
+            min=0, help="Largest log-probability gap (nats) that passes where tokens differ."
+        ),
+    ] = DEFAULT_TOLERANCE,
     dtype: Annotated[
         str,
         typer.Option(
@@ -248,22 +267,55 @@ def verify(
     ] = True,
     as_json: JsonOption = False,
 ) -> None:
-    """Check the engine serves exactly what was trained: greedy tokens of PEFT + transformers
-    vs the engine on held-out prompts. Exit code 1 unless they agree everywhere."""
+    """Check the engine serves exactly what was trained: PEFT + transformers vs the engine on
+    held-out prompts (with images on a multimodal base), by greedy tokens, and where those
+    differ by the log-probabilities of the engine's top tokens. Exit code 1 unless it passes."""
     from gemlora.adapters.verify import verify_adapter
 
+    images = [_image_prompt(path) for path in image or []]
     with _registry(ctx) as registry:
-        report = verify_adapter(registry, ref, engine_url, base, prompt, tokens, record, dtype)
+        report = verify_adapter(
+            registry, ref, engine_url, base, prompt, tokens, record, dtype,
+            image_prompts=images, tolerance=tolerance,
+        )  # fmt: skip
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
     else:
-        table = Table("prompt", "agreeing tokens", title=f"{ref} = {report.version_ref} on {base}")
-        for result in report.prompts:
-            table.add_row(escape(repr(result.prompt)), f"{result.agreeing_prefix}/{tokens}")
-        console.print(table)
-        console.print(f"agreement {report.agreement:.1%}")
-    if not report.identical:
+        _print_report(ref, base, report)
+    if not report.passed:
         raise typer.Exit(1)
+
+
+def _image_prompt(path: Path):
+    from PIL import Image
+
+    from gemlora.adapters.verify import VerifyPrompt
+
+    try:
+        image = Image.open(path).convert("RGB")
+    except OSError as error:
+        raise typer.BadParameter(f"{path} is not an image: {error}", param_hint="--image") from None
+    return VerifyPrompt("Describe this image.", image, str(path))
+
+
+def _print_report(ref: str, base: str, report) -> None:
+    if report.refused:
+        errors.print(f"[red]failed:[/red] {escape(report.refused)}")
+        return
+    title = f"{ref} = {report.version_ref} on {base}"
+    table = Table("prompt", "image", "agreeing tokens", "max log-prob gap", "passed", title=title)
+    for check in report.prompts:
+        table.add_row(
+            escape(repr(check.prompt)),
+            escape(check.image or "-"),
+            f"{check.agreeing_prefix}/{len(check.reference)}",
+            f"{check.max_logprob_gap:.4f}",
+            "yes" if check.passed(report.tolerance) else "[red]no[/red]",
+        )
+    console.print(table)
+    verdict = "passed" if report.passed else "[red]failed[/red]"
+    how = "greedy tokens" if report.identical else f"log-probs within {report.tolerance:g} nats"
+    console.print(f"{verdict}: agreement {report.agreement:.1%}, compared by {how}")
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -327,6 +379,7 @@ def _version_row(version: AdapterVersion) -> list[str]:
         str(meta.rank) if meta and meta.rank else "-",
         escape(", ".join(targets) if isinstance(targets, list) else str(targets or "-")),
         scores or "-",
+        escape(describe_verification(version.tags)),
         (version.digest or "-")[:12],
         _size(version.size_bytes),
         f"{version.created_at:%Y-%m-%d %H:%M}",

@@ -48,6 +48,7 @@ _SCALAR_FIELDS = (
     "dataset_digest",
     "method",
     "parent",
+    "checkpoint_step",
 )
 
 
@@ -73,6 +74,11 @@ class AdapterMetadata(BaseModel):
     )
     parent: str | None = Field(
         default=None, description="The version it was trained from (`NAME/VERSION`), if any."
+    )
+    checkpoint_step: int | None = Field(
+        default=None,
+        description="A checkpoint's training step: registered while the run trains, never given "
+        "the run's alias. None: the run's final adapter.",
     )
     eval_scores: dict[str, float] = Field(default_factory=dict)
     extra: dict[str, str] = Field(default_factory=dict, description="Free-form, stored as is.")

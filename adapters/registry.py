@@ -44,6 +44,7 @@ from gemlora.adapters.refs import (
     validate_name,
     validate_version,
 )
+from gemlora.adapters.verification import PromotionRule, allows_promotion
 from gemlora.bases import BaseSpec, load_catalogue, resolve_base
 from gemlora.paths import gemlora_home
 
@@ -410,12 +411,17 @@ class AdapterRegistry:
         *,
         higher_is_better: bool = True,
         to: str | None = None,
+        verification: PromotionRule = "not_failed",
     ) -> bool:
         """Promote `version` when its eval score `metric` beats the one `to` points at (or
-        nothing holds `to`, or that version has no such score); True when it was promoted."""
+        nothing holds `to`, or that version has no such score) and its verification meets
+        `verification` (`gemlora.adapters.verification`); True when it was promoted."""
         to = to or self.config.default_alias
         with mlflow_client.mlflow_errors(self.config.tracking_uri):
-            new = _score(self._version(name, version), metric)
+            candidate = self._version(name, version)
+            if not allows_promotion(candidate.tags, verification):
+                return False
+            new = _score(candidate, metric)
             if new is None:
                 raise AdapterError(
                     f"adapter {name!r} version {version} has no eval score {metric!r}"

@@ -1,24 +1,36 @@
 """Fidelity check: does the engine serve exactly what was trained?
 
-The same prompts (as token ids, so tokenization cannot differ) go through PEFT + transformers on
-the served base and through the running engine with the adapter's reference as `model`; the
-greedy tokens are compared position by position. The result is recorded on the model version as
-the tag `gemlora.verify`.
+The same prompts go through PEFT + transformers on the served base and through the running
+engine with the adapter's reference as `model`. Text prompts go to the engine as token ids (so
+tokenization cannot differ); on a multimodal base, image prompts go through its chat API, and
+the prompt ids the engine reports must equal transformers' (same template, same image tokens).
+
+Each prompt passes when the greedy tokens are equal. Where they differ it passes only if the
+difference is a near-tie: teacher-forced on the engine's answer, PEFT gives the engine's top
+tokens the log-probabilities the engine gave them, within `tolerance` nats at every position.
+(A random tiny model's next-token distribution is nearly flat, so float noise flips its greedy
+choices; a dropped or wrong adapter moves log-probabilities by far more.) The result is recorded
+on the model version as the tag `gemlora.verify` (`gemlora.adapters.verification`).
 """
 
 from __future__ import annotations
 
-import json
+import base64
+import hashlib
+import io
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import BaseModel, Field
 
 from gemlora.adapters.errors import AdapterError
+from gemlora.adapters.verification import DEFAULT_TOLERANCE, VERIFY_TAG, Verification
 from gemlora.bases import BaseSpec
 
-VERIFY_TAG = "gemlora.verify"
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 # Held-out prompts when the caller gives none: short, plain and unlike any training set here.
 DEFAULT_PROMPTS = (
@@ -27,12 +39,53 @@ DEFAULT_PROMPTS = (
     "Monday, Tuesday, Wednesday,",
     "Write one sentence about the sea.",
 )
+TOP_LOGPROBS = 5  # the engine's top tokens compared at each position
 
 
-class PromptAgreement(BaseModel):
+@dataclass(frozen=True)
+class VerifyPrompt:
+    """A prompt, with an image on a multimodal base; `source` says where the image came from."""
+
+    text: str
+    image: Image | None = None
+    source: str = ""
+
+
+def builtin_image_prompts() -> list[VerifyPrompt]:
+    """Two drawn images, used when the run's held-out images are not known."""
+    from PIL import Image, ImageDraw
+
+    square = Image.new("RGB", (96, 96), (255, 255, 255))
+    ImageDraw.Draw(square).rectangle((24, 24, 72, 72), fill=(200, 30, 30))
+    stripes = Image.new("RGB", (96, 96), (20, 40, 160))
+    for x in range(0, 96, 16):
+        ImageDraw.Draw(stripes).rectangle((x, 0, x + 7, 95), fill=(240, 200, 40))
+    return [
+        VerifyPrompt("What is in this picture?", square, "built-in: red square"),
+        VerifyPrompt("Describe the colours in this image.", stripes, "built-in: stripes"),
+    ]
+
+
+def prompts_digest(prompts: list[VerifyPrompt]) -> str:
+    """What was asked, images by their pixels: equal digests mean the same check."""
+    digest = hashlib.sha256()
+    for prompt in prompts:
+        digest.update(prompt.text.encode())
+        if prompt.image is not None:
+            image = prompt.image.convert("RGB")
+            digest.update(f"{image.size}".encode() + image.tobytes())
+    return digest.hexdigest()[:16]
+
+
+class PromptCheck(BaseModel):
     prompt: str
+    image: str | None = Field(default=None, description="Where the prompt's image came from.")
     reference: list[int] = Field(description="PEFT + transformers greedy token ids.")
     served: list[int] = Field(description="The engine's greedy token ids.")
+    max_logprob_gap: float = Field(
+        description="Largest |engine - PEFT| log-probability of the engine's top tokens, "
+        "teacher-forced on the engine's answer."
+    )
 
     @property
     def agreeing_prefix(self) -> int:
@@ -42,14 +95,30 @@ class PromptAgreement(BaseModel):
                 return index
         return min(len(self.reference), len(self.served))
 
+    @property
+    def identical(self) -> bool:
+        return self.reference == self.served
+
+    def passed(self, tolerance: float) -> bool:
+        return self.identical or self.max_logprob_gap <= tolerance
+
+
+class EngineRefusedError(AdapterError):
+    """The engine would not serve the adapter (e.g. 400 incompatible_adapter)."""
+
 
 class VerifyReport(BaseModel):
     ref: str
     version_ref: str
     base: str
+    quantization: str
+    dtype: str
     tokens: int
-    prompts: list[PromptAgreement]
+    tolerance: float
+    prompts_digest: str
+    prompts: list[PromptCheck]
     checked_at: datetime
+    refused: str | None = Field(default=None, description="Why the engine refused the adapter.")
 
     @property
     def agreement(self) -> float:
@@ -59,25 +128,123 @@ class VerifyReport(BaseModel):
 
     @property
     def identical(self) -> bool:
-        return all(p.reference == p.served for p in self.prompts)
+        return all(p.identical for p in self.prompts)
 
-    def to_tag(self) -> str:
-        return json.dumps(
-            {
-                "agreement": round(self.agreement, 4),
-                "identical": self.identical,
-                "base": self.base,
-                "prompts": len(self.prompts),
-                "tokens": self.tokens,
-                "checked_at": self.checked_at.isoformat(timespec="seconds"),
-            }
+    @property
+    def passed(self) -> bool:
+        return self.refused is None and all(p.passed(self.tolerance) for p in self.prompts)
+
+    def verification(self) -> Verification:
+        return Verification(
+            passed=self.passed,
+            agreement=round(self.agreement, 4),
+            compared_by="tokens" if self.identical else "tokens+logprobs",
+            tolerance=self.tolerance,
+            max_logprob_gap=round(max((p.max_logprob_gap for p in self.prompts), default=0), 4),
+            prompts=len(self.prompts),
+            image_prompts=sum(p.image is not None for p in self.prompts),
+            prompts_digest=self.prompts_digest,
+            engine_base=self.base,
+            quantization=self.quantization,
+            dtype=self.dtype,
+            checked_at=self.checked_at,
+            refused=self.refused,
         )
 
 
-# --- greedy tokens, both ways -----------------------------------------------------------------
+# --- the engine ---------------------------------------------------------------------------------
 
 
-def load_reference_model(spec: BaseSpec, adapter_dir: Path | None, dtype: str = "auto"):
+@dataclass(frozen=True)
+class Served:
+    prompt_ids: list[int]
+    tokens: list[int]
+    top_logprobs: list[dict[int, float]]  # per position: the engine's top tokens
+
+
+def engine_base(engine_url: str) -> str | None:
+    """The model name an engine serves its base under, or None when it is not reachable."""
+    try:
+        response = httpx.get(f"{engine_url}/v1/models", timeout=5)
+        response.raise_for_status()
+        models = response.json()["data"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        return None
+    bases = [model["id"] for model in models if model.get("parent") is None]
+    return bases[0] if bases else None
+
+
+def serve_text(engine_url: str, model: str, ids: list[int], tokens: int) -> Served:
+    """Greedy tokens and top log-probs from the engine's completions API, prompt as ids."""
+    body = _engine_call(
+        engine_url,
+        "/v1/completions",
+        {"model": model, "prompt": ids, "max_tokens": tokens, "logprobs": TOP_LOGPROBS},
+    )
+    logprobs = body["choices"][0]["logprobs"]
+    return Served(
+        prompt_ids=ids,
+        tokens=[_token_id(token) for token in logprobs["tokens"]],
+        top_logprobs=[
+            {_token_id(token): value for token, value in top.items()}
+            for top in logprobs["top_logprobs"]
+        ],
+    )
+
+
+def serve_image(engine_url: str, model: str, prompt: VerifyPrompt, tokens: int) -> Served:
+    """Greedy tokens and top log-probs from the engine's chat API for an image prompt."""
+    content = [
+        {"type": "image_url", "image_url": {"url": _data_url(prompt.image)}},
+        {"type": "text", "text": prompt.text},
+    ]
+    body = _engine_call(
+        engine_url,
+        "/v1/chat/completions",
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": tokens,
+            "logprobs": True,
+            "top_logprobs": TOP_LOGPROBS,
+            "return_token_ids": True,
+        },
+    )
+    positions = body["choices"][0]["logprobs"]["content"]
+    return Served(
+        prompt_ids=body["prompt_token_ids"],
+        tokens=[_token_id(position["token"]) for position in positions],
+        top_logprobs=[
+            {_token_id(top["token"]): top["logprob"] for top in position["top_logprobs"]}
+            for position in positions
+        ],
+    )
+
+
+def _engine_call(engine_url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    body |= {"temperature": 0, "return_tokens_as_token_ids": True, "skip_special_tokens": False}
+    response = httpx.post(f"{engine_url}{path}", json=body, timeout=300)
+    if response.status_code != 200:
+        raise EngineRefusedError(
+            f"the engine at {engine_url} refused {body['model']!r}: {response.text}"
+        )
+    return response.json()
+
+
+def _token_id(token: str) -> int:
+    return int(token.removeprefix("token_id:"))
+
+
+def _data_url(image: Image) -> str:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+# --- PEFT + transformers ------------------------------------------------------------------------
+
+
+def load_reference_model(spec: BaseSpec, adapter_dir, dtype: str = "auto"):
     """The served base in transformers (a compressed-tensors base dequantized, as vLLM computes
     it) in the engine's dtype (`auto`: the precision rule the engine applies on this machine),
     with the adapter attached when given."""
@@ -99,6 +266,14 @@ def load_reference_model(spec: BaseSpec, adapter_dir: Path | None, dtype: str = 
     return model.eval()
 
 
+def load_processor(spec: BaseSpec):
+    """The base's processor (multimodal) or tokenizer (text only)."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    auto = AutoProcessor if spec.multimodal else AutoTokenizer
+    return auto.from_pretrained(spec.location, revision=spec.revision)
+
+
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
     return tokenizer(prompt)["input_ids"]
 
@@ -107,89 +282,126 @@ def reference_greedy_ids(model, ids: list[int], tokens: int) -> list[int]:
     import torch
 
     inputs = torch.tensor([ids])
+    return _greedy(model, {"input_ids": inputs, "attention_mask": torch.ones_like(inputs)}, tokens)
+
+
+def _greedy(model, inputs: dict, tokens: int) -> list[int]:
+    import torch
+
     with torch.no_grad():
-        output = model.generate(
-            input_ids=inputs,
-            attention_mask=torch.ones_like(inputs),
-            max_new_tokens=tokens,
-            do_sample=False,
+        output = model.generate(**inputs, max_new_tokens=tokens, do_sample=False)
+    return output[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+def image_inputs(processor, prompt: VerifyPrompt) -> dict:
+    """Transformers' inputs for an image prompt, rendered as the engine's chat API does."""
+    content = [{"type": "image", "image": prompt.image}, {"type": "text", "text": prompt.text}]
+    return dict(
+        processor.apply_chat_template(
+            [{"role": "user", "content": content}],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+            return_tensors="pt",
         )
-    return output[0, len(ids) :].tolist()
-
-
-def engine_greedy_ids(engine_url: str, model: str, ids: list[int], tokens: int) -> list[int]:
-    """Greedy token ids from the engine's completions API for a tokenized prompt."""
-    response = httpx.post(
-        f"{engine_url}/v1/completions",
-        json={
-            "model": model,
-            "prompt": ids,
-            "max_tokens": tokens,
-            "temperature": 0,
-            "logprobs": 1,
-            "return_tokens_as_token_ids": True,
-            "skip_special_tokens": False,
-        },
-        timeout=300,
     )
-    if response.status_code != 200:
-        raise AdapterError(f"the engine at {engine_url} refused {model!r}: {response.text}")
-    tokens_out = response.json()["choices"][0]["logprobs"]["tokens"]
-    return [int(token.removeprefix("token_id:")) for token in tokens_out]
 
 
-def compare(
-    engine_url: str,
-    model_name: str,
-    reference_model,
-    tokenizer,
-    prompts: list[str],
-    tokens: int,
-) -> list[PromptAgreement]:
-    results = []
-    for prompt in prompts:
-        ids = prompt_ids(tokenizer, prompt)
-        results.append(
-            PromptAgreement(
-                prompt=prompt,
-                reference=reference_greedy_ids(reference_model, ids, tokens),
-                served=engine_greedy_ids(engine_url, model_name, ids, tokens),
+def logprob_gap(model, inputs: dict, served: Served) -> float:
+    """Teacher-forced on the engine's answer: the largest difference between the log-probs the
+    engine gave its top tokens and PEFT's for the same tokens at the same position."""
+    import torch
+
+    if not served.tokens:
+        return 0.0
+    answer = torch.tensor([served.tokens])
+    forced = dict(inputs)
+    forced["input_ids"] = torch.cat([inputs["input_ids"], answer], dim=1)
+    for key, fill in (("attention_mask", 1), ("token_type_ids", 0), ("mm_token_type_ids", 0)):
+        if key in inputs:
+            forced[key] = torch.cat([inputs[key], torch.full_like(answer, fill)], dim=1)
+    start = inputs["input_ids"].shape[1] - 1
+    with torch.no_grad():
+        logits = model(**forced).logits[0, start : start + len(served.tokens)]
+    logprobs = logits.float().log_softmax(-1)
+    return max(
+        abs(value - float(logprobs[position, token]))
+        for position, top in enumerate(served.top_logprobs)
+        for token, value in top.items()
+    )
+
+
+def check_prompt(engine_url, model_name, reference_model, processor, prompt, tokens) -> PromptCheck:
+    import torch
+
+    if prompt.image is None:
+        tokenizer = getattr(processor, "tokenizer", processor)
+        ids = prompt_ids(tokenizer, prompt.text)
+        inputs = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids))}
+        served = serve_text(engine_url, model_name, ids, tokens)
+    else:
+        inputs = image_inputs(processor, prompt)
+        served = serve_image(engine_url, model_name, prompt, tokens)
+        if inputs["input_ids"][0].tolist() != served.prompt_ids:
+            raise AdapterError(
+                f"the engine rendered the image prompt {prompt.text!r} differently from "
+                "transformers (chat template or image tokens differ), so no comparison is fair"
             )
-        )
-    return results
+    return PromptCheck(
+        prompt=prompt.text,
+        image=(prompt.source or "image") if prompt.image is not None else None,
+        reference=_greedy(reference_model, inputs, tokens),
+        served=served.tokens,
+        max_logprob_gap=round(logprob_gap(reference_model, inputs, served), 5),
+    )
 
 
 def verify_adapter(
     registry,
     ref: str,
     engine_url: str,
-    base: str,
+    base: str | BaseSpec,
     prompts: list[str] | None = None,
     tokens: int = 16,
     record: bool = True,
     dtype: str = "auto",
+    *,
+    image_prompts: list[VerifyPrompt] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> VerifyReport:
     """Compare PEFT + transformers with the engine at `engine_url` (serving `base` in `dtype`,
     the engine config's) on `ref`, and record the result as the `gemlora.verify` tag of the
-    version `ref` points at."""
-    from transformers import AutoTokenizer
-
+    version `ref` points at. On a multimodal base, image prompts are added (`image_prompts`,
+    else the built-in ones)."""
     from gemlora.adapters.registry import served_base
+    from gemlora.precision import resolve_precision
 
     spec = served_base(base)
     resolved = registry.resolve(ref, base=spec)
-    tokenizer = AutoTokenizer.from_pretrained(spec.location, revision=spec.revision)
+    checks = [VerifyPrompt(text) for text in (prompts or DEFAULT_PROMPTS)]
+    if spec.multimodal:
+        checks += image_prompts if image_prompts else builtin_image_prompts()
+    processor = load_processor(spec)
     model = load_reference_model(spec, resolved.path, dtype)
+    results, refused = [], None
+    try:
+        results = [check_prompt(engine_url, ref, model, processor, p, tokens) for p in checks]
+    except EngineRefusedError as error:
+        refused = str(error)
     report = VerifyReport(
         ref=ref,
         version_ref=resolved.version_ref,
         base=spec.name,
+        quantization=spec.quantization,
+        dtype=resolve_precision(dtype),
         tokens=tokens,
-        prompts=compare(
-            engine_url, ref, model, tokenizer, list(prompts or DEFAULT_PROMPTS), tokens
-        ),
+        tolerance=tolerance,
+        prompts_digest=prompts_digest(checks),
+        prompts=results,
         checked_at=datetime.now(UTC),
+        refused=refused,
     )
     if record:
-        registry.set_version_tag(resolved.name, resolved.version, VERIFY_TAG, report.to_tag())
+        tag = report.verification().to_tag()
+        registry.set_version_tag(resolved.name, resolved.version, VERIFY_TAG, tag)
     return report

@@ -13,3 +13,8 @@ def sigterm_as_ctrl_c() -> None:
 
 def _interrupt(_signum, _frame):
     raise KeyboardInterrupt
+
+
+# `gemlora train` stops at the end of its step with a checkpoint, to be resumed (train/pause.py);
+# the jobs API's pause endpoint sends it to a job's worker.
+PAUSE_SIGNAL = signal.SIGUSR1

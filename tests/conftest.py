@@ -110,6 +110,13 @@ class EnginePool:
         self.engines[key] = start_engine(config, log, registry=self.registry)
         return self.engines[key]
 
+    def stop(self, base: str, **settings) -> None:
+        """Stop the engine started with exactly these settings (so that a later `get(base)`
+        cannot pick an engine configured for one test)."""
+        engine = self.engines.pop(json.dumps([base, settings], sort_keys=True), None)
+        if engine is not None:
+            engine.stop()
+
     def stop_all(self) -> None:
         while self.engines:
             self.engines.popitem()[1].stop()

@@ -13,6 +13,7 @@ from gemlora.adapters.registry import DEFAULT_TRACKING_URI
 
 # 128 + SIGTERM, what a shell reports for a process SIGTERM ended.
 EXIT_CANCELLED = 143
+EXIT_PAUSED = 75  # EX_TEMPFAIL: stopped on request with a checkpoint; --resume continues
 
 
 def train_command(
@@ -63,12 +64,16 @@ def train_command(
         typer.echo(json.dumps({"config": config.model_dump(mode="json")}))
         return
     from gemlora.adapters import AdapterError
+    from gemlora.train.pause import TrainingPaused
     from gemlora.train.run import RunDirError, TrainingCancelled, run_training
 
     try:
         result = run_training(config, resume=resume)
     except ConfigError as error:
         _fail(str(error), code=2)
+    except TrainingPaused as paused:
+        typer.echo(f"training {paused}; continue it with --resume", err=True)
+        raise typer.Exit(EXIT_PAUSED) from None
     except (TrainingCancelled, KeyboardInterrupt) as stop:
         reason = stop or "interrupted"
         typer.echo(f"training cancelled ({reason}); nothing was registered", err=True)
@@ -86,6 +91,14 @@ def train_command(
     if result.version is not None:
         alias = f" (@{config.output.alias})" if config.output.alias else ""
         typer.echo(f"registered {result.name}/{result.version}{alias}")
+        verification = result.verification
+        if verification is None:
+            typer.echo("  unverified: no engine of this base at output.verify.engine_url")
+        else:
+            typer.echo(
+                f"  verification {verification.state} on {verification.engine_base} "
+                f"({verification.compared_by}, agreement {verification.agreement:.0%})"
+            )
         if result.promoted is not None and config.output.promote_if is not None:
             moved = "moved to" if result.promoted else "stays off"
             typer.echo(f"  {config.output.promote_if.to} {moved} version {result.version}")

@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gemlora.adapters.refs import validate_alias, validate_name
+from gemlora.adapters.verification import DEFAULT_TOLERANCE, PromotionRule
 from gemlora.bases import load_catalogue
 from gemlora.config import ConfigError as ConfigError  # re-exported: train.ConfigError
 from gemlora.config import apply_override, read_yaml_mapping, validate
@@ -246,6 +247,13 @@ class TrainingSection(Section):
         default=None, ge=1, description="Eval loss every N steps; None: once, after training."
     )
     logging_steps: int = Field(default=1, ge=1, description="Log metrics every N steps.")
+    early_stopping_patience: int | None = Field(
+        default=None,
+        ge=1,
+        description="Stop once the eval loss has not improved for this many evaluations (one "
+        "every `eval_steps`); the best checkpoint, not the last, is registered. Needs held-out "
+        "data, `eval_steps`, and `save_steps` a multiple of it. None: train to the end.",
+    )
 
 
 class DpoSection(Section):
@@ -375,11 +383,53 @@ class PromoteIf(Section):
     )
     to: str = Field(default="champion", description="The alias to move.")
     higher_is_better: bool = Field(default=True, description="False for losses.")
+    verification: PromotionRule = Field(
+        default="not_failed",
+        description="What the version's verification (`output.verify`) must be: `not_failed` "
+        "(passed, or never verified because no engine was reachable), `passed`, or `ignore`.",
+    )
 
     @field_validator("to")
     @classmethod
     def _valid_alias(cls, alias: str) -> str:
         return validate_alias(alias)
+
+
+class VerifySection(Section):
+    """Verify the registered version on a running engine (`gemlora adapters verify`)."""
+
+    engine_url: str | None = Field(
+        default="http://127.0.0.1:8100",
+        description="An engine serving this base's family (the jobs API sets its own); the "
+        "check runs when it answers, else the version stays unverified. None: never verify.",
+    )
+    engine_base: str | None = Field(
+        default=None,
+        description="The base that engine serves (catalogue name); None: the name it lists "
+        "in /v1/models.",
+    )
+    dtype: str = Field(
+        default="auto", description="The engine's `engine.dtype` (PEFT computes in it too)."
+    )
+    tokens: int = Field(default=16, ge=1, le=256, description="Greedy tokens per prompt.")
+    tolerance: float = Field(
+        default=DEFAULT_TOLERANCE,
+        gt=0,
+        description="Largest log-probability gap (nats) that passes where greedy tokens differ.",
+    )
+    image_prompts: int = Field(
+        default=2,
+        ge=0,
+        description="Held-out images from the eval data used on a multimodal base (built-in "
+        "ones when it has none).",
+    )
+
+    @field_validator("engine_url")
+    @classmethod
+    def _loopback_or_http(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"engine_url must be an http(s) URL, got {url!r}")
+        return url.rstrip("/") if url else url
 
 
 class OutputSection(Section):
@@ -394,6 +444,16 @@ class OutputSection(Section):
     )
     promote_if: PromoteIf | None = Field(
         default=None, description="e.g. `{metric: contains, to: champion}`; None: never promote."
+    )
+    register_checkpoints: bool = Field(
+        default=False,
+        description="Register every checkpoint as a version too (tagged with its step, no "
+        "alias), callable as NAME/VERSION while the run trains. The jobs API always does.",
+    )
+    verify: VerifySection = Field(
+        default_factory=VerifySection,
+        description="Verify each registered version on a running engine (greedy tokens and "
+        "log-probs of PEFT vs the engine, images included on a multimodal base).",
     )
     register_retry_s: float = Field(
         default=600,
@@ -490,6 +550,29 @@ class TrainConfig(Section):
             _field_error(
                 ("output", "promote_if", "metric"),
                 f"{rule.metric!r} is measured by DPO runs only (method: dpo)",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _early_stopping_evaluates(self) -> TrainConfig:
+        training = self.training
+        if training.early_stopping_patience is None:
+            return self
+        if training.eval_steps is None:
+            _field_error(
+                ("training", "eval_steps"),
+                "set it: early_stopping_patience counts evaluations made every eval_steps",
+            )
+        if training.save_steps % training.eval_steps:
+            _field_error(
+                ("training", "save_steps"),
+                f"must be a multiple of eval_steps ({training.eval_steps}) with "
+                "early_stopping_patience, so that the best evaluated step has a checkpoint",
+            )
+        if self.data.eval_file is None and self.data.eval_fraction == 0:
+            _field_error(
+                ("training", "early_stopping_patience"),
+                "needs held-out data: set data.eval_file or data.eval_fraction",
             )
         return self
 

@@ -119,7 +119,7 @@ def build_trainer(
         eval_dataset=preference_dataset(data.eval, loaded.multimodal) if data.eval else None,
         processing_class=loaded.processor,
         peft_config=peft_config,
-        callbacks=callbacks(progress),
+        callbacks=callbacks(progress, config.training.early_stopping_patience),
     )
 
 

@@ -25,6 +25,7 @@ registers nothing; registration is the last step and rolls itself back if interr
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import os
@@ -51,8 +52,10 @@ from gemlora.rundir import (
 )
 from gemlora.train.config import ConfigError, TrainConfig, parse_config
 from gemlora.train.dataset import TrainingData, load_training_data
+from gemlora.train.pause import PauseOnSignal, TrainingPaused
 
 if TYPE_CHECKING:
+    from gemlora.adapters.verification import Verification
     from gemlora.train.init_adapter import InitAdapter
 
 
@@ -75,6 +78,8 @@ class TrainResult:
     global_step: int
     eval_scores: dict[str, float] = field(default_factory=dict)
     promoted: bool | None = None  # whether `promote_if` moved its alias; None: not configured
+    verification: Verification | None = None  # None: no engine was reachable to verify it
+    best_step: int | None = None  # early stopping: the step whose checkpoint was registered
 
 
 def run_training(config: TrainConfig, *, resume: bool = False) -> TrainResult | None:
@@ -91,6 +96,11 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> TrainResult | 
     with sigterm_cancels() as finish:
         try:
             result = _run(config, run_dir, resume, progress, finish)
+        except TrainingPaused as paused:
+            # SCHEDULED: the MLflow run is to continue; `--resume` reopens it.
+            _write_state(run_dir, status="paused")
+            _end(progress, "paused", "SCHEDULED", step=paused.step)
+            raise
         except (TrainingCancelled, KeyboardInterrupt) as stop:
             _end(progress, "cancelled", "KILLED", reason=str(stop) or "interrupted")
             raise
@@ -132,7 +142,15 @@ def _run(
     method = _method(config)
     loaded = _load(config, spec)
     trainer = method.build_trainer(config, loaded, data, run_dir, progress, init)
+    if config.output.register_adapter and config.output.register_checkpoints:
+        metadata = functools.partial(adapter_metadata, config, loaded, data, init, run_dir)
+        _register_checkpoints(config, trainer, tracking_uri, run_id, metadata, progress)
+    pause = PauseOnSignal()
+    trainer.add_callback(pause)
     _train(trainer, run_dir, resume)
+    if pause.paused(trainer.state):
+        raise TrainingPaused(trainer.state.global_step)
+    best_step = _note_best_checkpoint(config, trainer, progress)
 
     adapter_dir = run_dir / ADAPTER_DIR
     # The trained adapter only: not the tokenizer (unchanged), nor DPO's frozen reference copy
@@ -148,6 +166,7 @@ def _run(
         version=None,
         global_step=trainer.state.global_step,
         eval_scores=scores,
+        best_step=best_step,
     )
     if config.output.register_adapter:
         registry = _registry(tracking_uri)
@@ -158,10 +177,11 @@ def _run(
             adapter_dir,
         )
         finish()  # registered: from here on the run completes, SIGTERM or not
+        progress.write("registered", name=result.name, version=result.version)
+        result.verification = _verify(config, registry, result.version, data, progress)
         result.promoted = _promote(config, registry, result.version)
-        progress.write(
-            "registered", name=result.name, version=result.version, promoted=result.promoted
-        )
+        if result.promoted is not None:
+            progress.write("promotion", to=config.output.promote_if.to, moved=result.promoted)
     return result
 
 
@@ -206,6 +226,34 @@ def _train(trainer, run_dir: Path, resume: bool) -> None:
     """From the newest complete checkpoint when resuming, else from the start."""
     checkpoint = last_checkpoint(run_dir) if resume else None
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+
+def _register_checkpoints(config, trainer, tracking_uri, run_id, metadata, progress) -> None:
+    from gemlora.train.checkpoints import CheckpointRegistrar
+
+    registry = _registry(tracking_uri)
+    name = config.output.name
+    trainer.add_callback(CheckpointRegistrar(registry, name, run_id, metadata, progress))
+
+
+def _note_best_checkpoint(config: TrainConfig, trainer, progress) -> int | None:
+    """With early stopping the Trainer has loaded the best checkpoint (by eval loss): say which
+    step it was, in the progress log and on the MLflow run."""
+    if config.training.early_stopping_patience is None:
+        return None
+    import mlflow
+
+    state = trainer.state
+    stopped = state.global_step < state.max_steps
+    progress.write(
+        "best_checkpoint",
+        step=state.best_global_step,
+        eval_loss=state.best_metric,
+        stopped_at=state.global_step,
+        stopped_early=stopped,
+    )
+    mlflow.set_tag("gemlora.best_step", str(state.best_global_step))
+    return state.best_global_step
 
 
 def _shared_run_dir(config: TrainConfig) -> Path:
@@ -518,25 +566,7 @@ def _register(
     tags say how it was trained (`gemlora.method`) and from which version (`gemlora.parent`)."""
     import mlflow
 
-    from gemlora.adapters import AdapterMetadata
-    from gemlora.train.bases import chat_template_hash
-
-    quantization = config.base.quantization
-    extra = {"training_quantization": quantization, "run_dir": str(result.run_dir)}
-    if init is not None and init.version_ref is None:
-        extra["init_adapter"] = str(init.path)  # a directory: no version to name as the parent
-    metadata = AdapterMetadata(
-        base=config.base.model,
-        # bitsandbytes is ours to record; otherwise the registry takes the base's own.
-        base_quantization=quantization if quantization.startswith("bnb") else None,
-        base_revision=config.base.revision,
-        chat_template_hash=chat_template_hash(loaded.processor.chat_template),
-        dataset_digest=data.digest,
-        method=config.method,
-        parent=init.version_ref if init is not None else None,
-        eval_scores=result.eval_scores,
-        extra=extra,
-    )
+    metadata = adapter_metadata(config, loaded, data, init, result.run_dir, result.eval_scores)
     version = registry.register(
         result.adapter_dir,
         config.output.name,
@@ -546,6 +576,38 @@ def _register(
     )
     mlflow.set_tag("gemlora.registered", f"{config.output.name}/{version}")
     return version
+
+
+def adapter_metadata(
+    config: TrainConfig,
+    loaded,
+    data: TrainingData,
+    init: InitAdapter | None,
+    run_dir: Path,
+    eval_scores: dict[str, float] | None = None,
+    checkpoint_step: int | None = None,
+):
+    """How this run's adapter (or one of its checkpoints) was made, for its registry tags."""
+    from gemlora.adapters import AdapterMetadata
+    from gemlora.train.bases import chat_template_hash
+
+    quantization = config.base.quantization
+    extra = {"training_quantization": quantization, "run_dir": str(run_dir)}
+    if init is not None and init.version_ref is None:
+        extra["init_adapter"] = str(init.path)  # a directory: no version to name as the parent
+    return AdapterMetadata(
+        base=config.base.model,
+        # bitsandbytes is ours to record; otherwise the registry takes the base's own.
+        base_quantization=quantization if quantization.startswith("bnb") else None,
+        base_revision=config.base.revision,
+        chat_template_hash=chat_template_hash(loaded.processor.chat_template),
+        dataset_digest=data.digest,
+        method=config.method,
+        parent=init.version_ref if init is not None else None,
+        checkpoint_step=checkpoint_step,
+        eval_scores=eval_scores or {},
+        extra=extra,
+    )
 
 
 def register_with_retry(register: Callable[[], int], window_s: float, progress, adapter_dir):
@@ -568,6 +630,19 @@ def register_with_retry(register: Callable[[], int], window_s: float, progress, 
             delay = min(2 * delay, 30.0)
 
 
+def _verify(config: TrainConfig, registry, version: int, data: TrainingData, progress):
+    """Verify the version on a running engine; a check that cannot run leaves it unverified
+    (the adapter is registered either way)."""
+    from gemlora.adapters import AdapterError
+    from gemlora.train.verification import verify_registered
+
+    try:
+        return verify_registered(config, registry, version, data, progress)
+    except (AdapterError, OSError, ValueError) as error:
+        progress.write("unverified", reason=f"{type(error).__name__}: {error}")
+        return None
+
+
 def _promote(config: TrainConfig, registry, version: int) -> bool | None:
     """Apply `promote_if`: True when its alias moved to `version`; None when not configured."""
     rule = config.output.promote_if
@@ -579,4 +654,5 @@ def _promote(config: TrainConfig, registry, version: int) -> bool | None:
         rule.metric,
         higher_is_better=rule.higher_is_better,
         to=rule.to,
+        verification=rule.verification,
     )

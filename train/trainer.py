@@ -69,7 +69,7 @@ def build_trainer(
         processing_class=loaded.processor,
         data_collator=Gemma3ChatCollator(loaded.processor, padding_free=padding_free),
         peft_config=peft_config,
-        callbacks=callbacks(progress),
+        callbacks=callbacks(progress, config.training.early_stopping_patience),
     )
 
 
@@ -105,6 +105,10 @@ def trainer_arguments(config: TrainConfig, data: TrainingData, run_dir: Path) ->
         save_total_limit=training.save_total_limit,
         eval_strategy="steps" if evaluate_during else "no",
         eval_steps=training.eval_steps,
+        # Early stopping: the best checkpoint by eval loss is loaded at the end, and registered.
+        load_best_model_at_end=training.early_stopping_patience is not None,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
         logging_steps=training.logging_steps,
         bf16=resolve_dtype(config.base.compute_dtype) == "bf16",
         # TRL's bf16 needs use_cpu on a CPU-only machine.
@@ -115,5 +119,10 @@ def trainer_arguments(config: TrainConfig, data: TrainingData, run_dir: Path) ->
     )
 
 
-def callbacks(progress: ProgressLog | None) -> list:
-    return [MlflowProgressCallback(progress)] if progress is not None else []
+def callbacks(progress: ProgressLog | None, early_stopping_patience: int | None = None) -> list:
+    found = [MlflowProgressCallback(progress)] if progress is not None else []
+    if early_stopping_patience is not None:
+        from transformers import EarlyStoppingCallback
+
+        found.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
+    return found

@@ -65,6 +65,7 @@ class GatewaySettings:
     engine_url: str
     base: str  # the engine's base: catalogue name or model directory
     served_name: str | None = None  # the base's model name for clients (default: `base`)
+    engine_dtype: str = "auto"  # the engine's `engine.dtype` (what a verification computes in)
     registry: AdapterRegistry | None = None
     keys: list[ApiKey] | None = None  # default: from config.keys_file and $GEMLORA_API_KEYS
     dns_resolver: Resolver | None = None  # for image URLs; tests answer names themselves
@@ -117,7 +118,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         # Fine-tuning from the API (serve/jobs): its routes, and its job runner, which starts
         # and stops with the app.
         context = JobsContext(
-            gateway.auth, settings.registry, settings.base, gateway.images.fetcher
+            gateway.auth,
+            settings.registry,
+            settings.base,
+            gateway.images.fetcher,
+            engine_url=settings.engine_url,
+            engine_dtype=settings.engine_dtype,
         )
         mount_jobs(app, context, settings.jobs)
     return app

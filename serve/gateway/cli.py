@@ -138,6 +138,7 @@ def _run_gateway(config, supervisor) -> None:
         config.engine.base,
         engine.served_name,
         registry,
+        engine_dtype=config.engine.dtype,
         jobs=config.jobs,
         engine_status=lambda: supervisor.status,
     )

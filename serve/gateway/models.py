@@ -8,8 +8,9 @@ import logging
 import time
 from dataclasses import dataclass
 
-from gemlora.adapters import AdapterError, AdapterRegistry
+from gemlora.adapters import AdapterDetails, AdapterError, AdapterRegistry
 from gemlora.adapters.compat import lookup_base
+from gemlora.adapters.verification import summary as verified
 
 logger = logging.getLogger("gemlora.gateway")
 
@@ -24,9 +25,10 @@ class ModelEntry:
     name: str
     created: int
     parent: str | None
+    verification: dict | None = None  # an adapter version's (`adapters.verification.summary`)
 
     def card(self) -> dict:
-        return {
+        card = {
             "id": self.id,
             "object": "model",
             "created": self.created,
@@ -34,6 +36,9 @@ class ModelEntry:
             "parent": self.parent,
             "root": self.parent or self.id,
         }
+        if self.verification is not None:
+            card["verification"] = self.verification
+        return card
 
 
 class ModelCatalog:
@@ -74,21 +79,26 @@ class ModelCatalog:
             details = self.registry.show(summary.name)
             if not details.versions:
                 continue
-            newest = int(details.versions[0].created_at.timestamp())
-            parent = self.served_name
-            entries.append(ModelEntry(summary.name, summary.name, newest, parent))
-            for alias in sorted(details.aliases):
-                created = next(
-                    int(v.created_at.timestamp())
-                    for v in details.versions
-                    if v.version == details.aliases[alias]
-                )
-                entries.append(ModelEntry(f"{summary.name}@{alias}", summary.name, created, parent))
-            for version in sorted(details.versions, key=lambda v: v.version):
-                created = int(version.created_at.timestamp())
-                entry_id = f"{summary.name}/{version.version}"
-                entries.append(ModelEntry(entry_id, summary.name, created, parent))
+            entries += self._entries_of(details)
         return entries
+
+    def _entries_of(self, details: AdapterDetails) -> list[ModelEntry]:
+        """An adapter's ids: NAME (the version it resolves to: the default alias's, else the
+        newest), NAME@ALIAS and NAME/VERSION, each with its version's verification."""
+        versions = {version.version: version for version in details.versions}
+        default = details.aliases.get(self.registry.config.default_alias)
+
+        def entry(entry_id: str, number: int) -> ModelEntry:
+            version = versions[number]
+            created = int(version.created_at.timestamp())
+            verification = verified(version.tags)
+            return ModelEntry(entry_id, details.name, created, self.served_name, verification)
+
+        return [
+            entry(details.name, default or details.versions[0].version),
+            *(entry(f"{details.name}@{a}", v) for a, v in sorted(details.aliases.items())),
+            *(entry(f"{details.name}/{number}", number) for number in sorted(versions)),
+        ]
 
     def _fits(self, adapter_base: str | None) -> bool:
         """Adapters of another base family cannot be served here, so they are not listed."""

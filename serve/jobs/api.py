@@ -46,13 +46,20 @@ from gemlora.serve.gateway.auth import ApiKey, Authenticator
 from gemlora.serve.gateway.errors import GatewayError, validation_error
 from gemlora.serve.jobs.config import JobsConfig
 from gemlora.serve.jobs.files import UploadRejected, ingest, upload_suffix
-from gemlora.serve.jobs.progress import checkpoints, read_progress, training_events
+from gemlora.serve.jobs.progress import (
+    checkpoints,
+    estimated_finish,
+    read_progress,
+    training_events,
+)
 from gemlora.serve.jobs.runner import (
+    RESULTS_PURPOSE,
     RUN_DIR,
     TRAIN_CONFIG,
     JobRunner,
     TrainConfigRejected,
     checked_training_config,
+    result_file_id,
 )
 from gemlora.serve.jobs.schema import (
     CreateJobRequest,
@@ -72,12 +79,15 @@ COPY_CHUNK = 1024 * 1024
 @dataclass
 class JobsContext:
     """What the jobs API takes from the gateway that mounts it: its keys and rate limits, its
-    registry, the base its engine serves, and its image fetcher (the SSRF policy for uploads)."""
+    registry, the base its engine serves, and its image fetcher (the SSRF policy for uploads);
+    the engine verifies each job's registered version."""
 
     auth: Authenticator
     registry: AdapterRegistry | None
     base: str
     fetcher: ImageFetcher
+    engine_url: str | None = None
+    engine_dtype: str = "auto"
 
 
 def mount_jobs(app: FastAPI, context: JobsContext, config: JobsConfig) -> JobsApi:
@@ -118,6 +128,8 @@ class JobsApi:
             ("/v1/fine_tuning/jobs", self.list_jobs, "GET"),
             ("/v1/fine_tuning/jobs/{job_id}", self.get_job, "GET"),
             ("/v1/fine_tuning/jobs/{job_id}/cancel", self.cancel_job, "POST"),
+            ("/v1/fine_tuning/jobs/{job_id}/pause", self.pause_job, "POST"),
+            ("/v1/fine_tuning/jobs/{job_id}/resume", self.resume_job, "POST"),
             ("/v1/fine_tuning/jobs/{job_id}/events", self.list_events, "GET"),
             ("/v1/fine_tuning/jobs/{job_id}/checkpoints", self.list_checkpoints, "GET"),
         ]
@@ -205,7 +217,9 @@ class JobsApi:
 
     async def file_content(self, request: Request, file_id: str) -> FileResponse:
         record = self._file(request, file_id)
-        return FileResponse(self.store.file_path(record.id), media_type="application/jsonl")
+        csv = record.purpose == RESULTS_PURPOSE
+        media_type = "text/csv" if csv else "application/jsonl"
+        return FileResponse(self.store.file_path(record.id), media_type=media_type)
 
     async def delete_file(self, request: Request, file_id: str) -> JSONResponse:
         record = self._file(request, file_id)
@@ -265,6 +279,7 @@ class JobsApi:
                 run_dir=job_dir / RUN_DIR,
                 tracking_uri=self.tracking_uri,
                 job_id=job_id,
+                verify_on=self._verify_on(),
             )
             train_config = await checked_training_config(document)
         except TrainConfigRejected as rejected:
@@ -295,6 +310,14 @@ class JobsApi:
         self.store.add_job(job, f"Created fine-tuning job {job_id}: {create.model} -> {name}")
         self.runner.wake()
         return JSONResponse(self.job_object(job))
+
+    def _verify_on(self) -> dict[str, str | None]:
+        """`output.verify` fields the gateway sets: its own engine checks each job's version."""
+        return {
+            "engine_url": self.context.engine_url,
+            "engine_base": self.context.base,
+            "dtype": self.context.engine_dtype,
+        }
 
     def _base_of(self, model: str) -> tuple[str, str | None]:
         """The base a job trains, and the adapter version it starts from: `model` is a
@@ -363,7 +386,8 @@ class JobsApi:
 
     async def list_jobs(self, request: Request) -> JSONResponse:
         after, limit = _page(request, default_limit=20, max_limit=100)
-        jobs, more = self.store.list_jobs(request.state.key.id, after, limit)
+        metadata = _metadata_filter(request)
+        jobs, more = self.store.list_jobs(request.state.key.id, after, limit, metadata)
         return _list([self.job_object(job) for job in jobs], more)
 
     async def get_job(self, request: Request, job_id: str) -> JSONResponse:
@@ -379,6 +403,20 @@ class JobsApi:
                 code="job_not_cancellable",
             )
         await self.runner.cancel(job)
+        return JSONResponse(self.job_object(self._job(request, job_id)))
+
+    async def pause_job(self, request: Request, job_id: str) -> JSONResponse:
+        """Stop a running job at the end of its step with a checkpoint; `resume` continues it."""
+        job = self._job(request, job_id)
+        if job.status != "running":
+            raise _not_now(job, "paused: only a running job can be")
+        await self.runner.pause(job)
+        return JSONResponse(self.job_object(self._job(request, job_id)))
+
+    async def resume_job(self, request: Request, job_id: str) -> JSONResponse:
+        job = self._job(request, job_id)
+        if job.status != "paused" or not self.runner.resume(job):
+            raise _not_now(job, "resumed: only a paused job can be")
         return JSONResponse(self.job_object(self._job(request, job_id)))
 
     async def list_events(self, request: Request, job_id: str) -> JSONResponse:
@@ -398,13 +436,13 @@ class JobsApi:
                 "object": "fine_tuning.job.checkpoint",
                 "created_at": int(checkpoint.time),
                 "fine_tuning_job_id": job.id,
-                # A Trainer checkpoint on the gateway's disk (what a resume continues from);
-                # only the final adapter is registered and served.
-                "fine_tuned_model_checkpoint": str(checkpoint.path),
+                # A registered version, served by the gateway under this name at once.
+                "fine_tuned_model_checkpoint": checkpoint.model,
                 "step_number": checkpoint.step,
                 "metrics": checkpoint.metrics,
             }
             for checkpoint in found
+            if checkpoint.model is not None  # its registration failed: not callable
         ]
         return _list(*_after(objects, after, limit))
 
@@ -441,11 +479,20 @@ class JobsApi:
             "user_provided_suffix": job.request["suffix"],
             "metadata": job.request["metadata"],
             "trained_tokens": job.trained_tokens,
-            "result_files": [],
-            "estimated_finish": None,
+            "result_files": self._result_files(job),
+            "estimated_finish": self._estimated_finish(job),
             "error": job.error,
             "integrations": [self._mlflow(job)] if job.run_id else [],
         }
+
+    def _result_files(self, job: JobRecord) -> list[str]:
+        file_id = result_file_id(job.id)
+        return [file_id] if self.store.get_file(file_id, job.owner) is not None else []
+
+    def _estimated_finish(self, job: JobRecord) -> int | None:
+        if job.status != "running":
+            return None
+        return estimated_finish(read_progress(self.runner.run_dir(job.id)))
 
     def _mlflow(self, job: JobRecord) -> dict[str, Any]:
         """The job's MLflow run (and, once registered, its model version) with UI links."""
@@ -551,6 +598,35 @@ def _page(request: Request, default_limit: int, max_limit: int) -> tuple[str | N
         message = f"limit: must be an integer from 1 to {max_limit}"
         raise GatewayError(400, message, param="limit", code="invalid_value")
     return request.query_params.get("after"), int(text)
+
+
+def _not_now(job: JobRecord, what: str) -> GatewayError:
+    return GatewayError(
+        409,
+        f"fine-tuning job {job.id} is {job.status} and cannot be {what}",
+        param="fine_tuning_job_id",
+        code="invalid_job_status",
+    )
+
+
+def _metadata_filter(request: Request) -> dict[str, str] | None:
+    """OpenAI's filter: `metadata[KEY]=VALUE` (repeatable: all must match), or `metadata=null`
+    for jobs without metadata."""
+    query = request.query_params
+    if query.get("metadata") == "null":
+        return {}
+    found = {}
+    for name, value in query.multi_items():
+        if name.startswith("metadata[") and name.endswith("]") and len(name) > len("metadata[]"):
+            found[name[len("metadata[") : -1]] = value
+        elif name.startswith("metadata"):
+            raise GatewayError(
+                400,
+                f"unsupported filter {name!r}: use metadata[KEY]=VALUE or metadata=null",
+                param=name,
+                code="invalid_value",
+            )
+    return found or None
 
 
 def _after(objects: list[dict], after: str | None, limit: int) -> tuple[list[dict], bool]:

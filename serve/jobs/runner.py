@@ -39,10 +39,12 @@ from gemlora.serve.jobs.progress import (
     final_event,
     last_step,
     read_progress,
+    results_csv,
     run_state,
     trained_tokens,
 )
-from gemlora.serve.jobs.store import JobRecord, JobStore
+from gemlora.serve.jobs.store import FileRecord, JobRecord, JobStore
+from gemlora.signals import PAUSE_SIGNAL
 
 logger = logging.getLogger("gemlora.jobs")
 
@@ -254,6 +256,8 @@ class JobRunner:
         run_dir = self.run_dir(job_id)
         if self._succeeded(job):
             return
+        if job.pause_requested and self._paused(job):
+            return
         if job.cancel_requested:
             self.store.transition(
                 job_id,
@@ -273,12 +277,26 @@ class JobRunner:
             return
         self._fail(job, *self._failure(job, exit_code))
 
+    def _paused(self, job: JobRecord) -> bool:
+        end = final_event(read_progress(self.run_dir(job.id)))
+        if end is None or end["event"] != "paused":
+            return False  # the pause came too late: the run ended otherwise
+        return self.store.transition(
+            job.id,
+            "paused",
+            from_=("running",),
+            message=f"Job paused at step {end['step']} with a checkpoint; resume continues it "
+            "in the same MLflow run",
+            pid=None,
+        )
+
     def _succeeded(self, job: JobRecord) -> bool:
         run_dir = self.run_dir(job.id)
         state = run_state(run_dir)
         if state.get("status") != "finished":
             return False
         version = state.get("version")
+        self._write_results(job)
         return self.store.transition(
             job.id,
             "succeeded",
@@ -290,6 +308,20 @@ class JobRunner:
             trained_tokens=trained_tokens(read_progress(run_dir)),
             pid=None,
         )
+
+    def _write_results(self, job: JobRecord) -> None:
+        """The per-step metrics as a CSV file of the job's owner (`result_files`)."""
+        file_id = result_file_id(job.id)
+        if self.store.get_file(file_id, job.owner) is not None:
+            return
+        content = results_csv(read_progress(self.run_dir(job.id))).encode()
+        self.store.file_path(file_id).write_bytes(content)
+        summary = {"job": job.id, "rows": content.count(b"\n") - 1}
+        record = FileRecord(
+            file_id, job.owner, f"{job.id}-results.csv", RESULTS_PURPOSE, len(content),
+            int(time.time()), summary,
+        )  # fmt: skip
+        self.store.add_file(record)
 
     def _failure(self, job: JobRecord, exit_code: int) -> tuple[str, str, str | None]:
         """(code, message, param) from the worker's last progress event, else its log."""
@@ -328,15 +360,41 @@ class JobRunner:
     async def cancel(self, job: JobRecord) -> None:
         """Cancel a job: at once if it has not started, else SIGTERM its worker and wait
         until it has stopped (training stops within a step)."""
-        waiting = ("validating_files", "queued")
+        waiting = ("validating_files", "queued", "paused")
+        when = "while paused" if job.status == "paused" else "before it started"
         if job.status in waiting and self.store.transition(
-            job.id, "cancelled", from_=waiting, message="Job cancelled before it started"
+            job.id, "cancelled", from_=waiting, message=f"Job cancelled {when}"
         ):
             return
         self.store.update(job.id, cancel_requested=True)
         worker = self._workers.get(job.id)
         if worker is not None:
             await self._stop(worker)
+
+    async def pause(self, job: JobRecord) -> None:
+        """Ask the running worker to stop at the end of its step with a checkpoint (SIGUSR1 to
+        `gemlora train`); returns once it has stopped and the job is paused."""
+        worker = self._workers.get(job.id)
+        if worker is None:
+            return
+        self.store.update(job.id, pause_requested=True)
+        with contextlib.suppress(ProcessLookupError):
+            worker.process.send_signal(PAUSE_SIGNAL)
+        await asyncio.wait({worker.watcher}, timeout=self.config.stop_timeout_s)
+
+    def resume(self, job: JobRecord) -> bool:
+        """Queue a paused job to continue from its checkpoint, in the same MLflow run."""
+        step = last_step(self.run_dir(job.id))
+        moved = self.store.transition(
+            job.id,
+            "queued",
+            from_=("paused",),
+            message=f"Job resumed: queued to continue from step {step}",
+            resume=True,
+            pause_requested=False,
+        )
+        self.wake()
+        return moved
 
     async def _stop(self, worker: Worker) -> None:
         """SIGTERM, then SIGKILL to the whole group after `stop_timeout_s`; returns once the
@@ -432,6 +490,14 @@ class TrainConfigRejected(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("; ".join(problems))
+
+
+RESULTS_PURPOSE = "fine-tune-results"
+
+
+def result_file_id(job_id: str) -> str:
+    """The job's result file, named after it: one per job."""
+    return f"file-results-{job_id.removeprefix('ftjob-')}"
 
 
 def _train_command(config: Path, *options: str) -> list[str]:

@@ -22,7 +22,9 @@ The OpenAI fields map onto a gemlora training config (`gemlora.train.TrainConfig
 and the extra field `gemlora` holds any other section of that config, e.g.
 `{"lora": {"r": 16, "alpha": 32}, "training": {"max_steps": 30}, "eval": {...}}`. The fields
 the job itself sets (base.model, data.train_file, data.eval_file, output.name, output.dir,
-output.tracking_uri, output.register_adapter) cannot be set there.
+output.tracking_uri, output.register_adapter, output.register_checkpoints, and output.verify's
+engine_url, engine_base and dtype: the gateway's engine verifies each job's version) cannot be
+set there.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ Auto = Literal["auto"]
 JOB_FIELDS = {
     "base": ("model",),
     "data": ("train_file", "eval_file"),
-    "output": ("name", "dir", "tracking_uri", "register_adapter"),
+    "output": ("name", "dir", "tracking_uri", "register_adapter", "register_checkpoints"),
 }
 
 
@@ -192,6 +194,7 @@ def training_document(
     run_dir: Path,
     tracking_uri: str,
     job_id: str,
+    verify_on: dict[str, Any],
 ) -> dict[str, Any]:
     """The training config (as a YAML-ready document) for this job. Raises
     `TrainSettingsError` naming the request field that makes it invalid."""
@@ -217,9 +220,18 @@ def training_document(
         train_file=str(train_file), eval_file=str(eval_file) if eval_file else None
     )
     output = sections.setdefault("output", {})
-    output.update(name=name, dir=str(run_dir), tracking_uri=tracking_uri)
+    # Every checkpoint is registered, so that each one the job lists can be called.
+    output.update(name=name, dir=str(run_dir), tracking_uri=tracking_uri, register_checkpoints=True)
     output.setdefault("run_name", job_id)
     output["tags"] = {**output.get("tags", {}), "gemlora.job_id": job_id}
+    verify = dict(output.get("verify") or {})
+    for field in verify_on:
+        if field in verify:
+            raise TrainSettingsError(
+                f"gemlora.output.verify.{field}",
+                "set by the gateway, whose engine verifies the job's adapter; leave it out",
+            )
+    output["verify"] = verify | verify_on
     return sections
 
 

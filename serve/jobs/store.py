@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
-ACTIVE: tuple[JobStatus, ...] = ("validating_files", "queued", "running")
+JobStatus = Literal[
+    "validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"
+]
+ACTIVE: tuple[JobStatus, ...] = ("validating_files", "queued", "running", "paused")
 TERMINAL: tuple[JobStatus, ...] = ("succeeded", "failed", "cancelled")
 Level = Literal["info", "warn", "error"]
 
@@ -54,6 +56,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     resume INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
+    pause_requested INTEGER NOT NULL DEFAULT 0,
     run_id TEXT,
     experiment_id TEXT,
     version INTEGER,
@@ -100,6 +103,7 @@ class JobRecord:
     attempts: int = 0
     resume: bool = False
     cancel_requested: bool = False
+    pause_requested: bool = False
     run_id: str | None = None
     experiment_id: str | None = None
     version: int | None = None
@@ -131,6 +135,7 @@ class JobStore:
         with self._db() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            _add_missing_columns(db)
 
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -232,9 +237,26 @@ class JobStore:
             return None
         return _job(row)
 
-    def list_jobs(self, owner: str, after: str | None, limit: int) -> tuple[list[JobRecord], bool]:
-        rows, more = self._page("jobs", "SELECT * FROM jobs WHERE owner = ?", [owner], after, limit)
-        return [_job(row) for row in rows], more
+    def list_jobs(
+        self,
+        owner: str,
+        after: str | None,
+        limit: int,
+        metadata: dict[str, str] | None = None,
+    ) -> tuple[list[JobRecord], bool]:
+        """The owner's jobs, newest first; with `metadata`, those whose metadata has every
+        KEY: VALUE of it (an empty dict: those without metadata)."""
+        query = "SELECT * FROM jobs WHERE owner = ?"
+        if metadata is None:
+            rows, more = self._page("jobs", query, [owner], after, limit)
+            return [_job(row) for row in rows], more
+        with self._db() as db:
+            rows = db.execute(query + " ORDER BY rowid DESC", [owner]).fetchall()
+        ids = [row["id"] for row in rows]
+        if after is not None:  # the jobs older than `after`, as the unfiltered listing pages
+            rows = rows[ids.index(after) + 1 :] if after in ids else []
+        jobs = [job for job in map(_job, rows) if _metadata_matches(job, metadata)]
+        return jobs[:limit], len(jobs) > limit
 
     def jobs_in(self, *statuses: JobStatus) -> list[JobRecord]:
         """Jobs in any of `statuses`, oldest first (the queue order)."""
@@ -317,6 +339,13 @@ class JobStore:
         return rows[:limit], len(rows) > limit
 
 
+def _metadata_matches(job: JobRecord, wanted: dict[str, str]) -> bool:
+    metadata = job.request.get("metadata") or {}
+    if not wanted:
+        return not metadata
+    return all(metadata.get(key) == value for key, value in wanted.items())
+
+
 def _add_event(db: sqlite3.Connection, job_id: str, level: str, message: str, data=None) -> None:
     db.execute(
         "INSERT INTO events (job_id, created_at, level, message, data) VALUES (?, ?, ?, ?, ?)",
@@ -344,10 +373,23 @@ def _file(row: sqlite3.Row) -> FileRecord:
     )
 
 
+# Columns added after a store was first created: (table, column, definition).
+ADDED_COLUMNS = (("jobs", "pause_requested", "INTEGER NOT NULL DEFAULT 0"),)
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a store made by an older gemlora up to the schema (SQLite adds columns in place)."""
+    for table, column, definition in ADDED_COLUMNS:
+        present = {row["name"] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+
 def _job(row: sqlite3.Row) -> JobRecord:
     values = dict(row)
     values["request"] = json.loads(values["request"])
     values["error"] = json.loads(values["error"]) if values["error"] else None
     values["resume"] = bool(values["resume"])
     values["cancel_requested"] = bool(values["cancel_requested"])
+    values["pause_requested"] = bool(values["pause_requested"])
     return JobRecord(**values)

@@ -15,6 +15,7 @@ from gemlora.serve.jobs import JobsConfig
 from gemlora.serve.jobs.runner import TrainConfigRejected, checked_training_config
 from gemlora.serve.jobs.schema import (
     CreateJobRequest,
+    TrainSettingsError,
     apply_lr_multiplier,
     effective_hyperparameters,
     training_document,
@@ -39,6 +40,9 @@ def test_bad_jobs_settings_are_refused_naming_the_field():
         load_serve_config(demo, ["jobs.workers=2"])
 
 
+VERIFY_ON = {"engine_url": "http://127.0.0.1:8100", "engine_base": "gemma-3-270m-w4a16"}
+
+
 def _job_document(request: CreateJobRequest, tmp_path, init_adapter: str | None = None) -> dict:
     return training_document(
         request,
@@ -51,6 +55,7 @@ def _job_document(request: CreateJobRequest, tmp_path, init_adapter: str | None 
         run_dir=tmp_path / "run",
         tracking_uri="http://127.0.0.1:5000",
         job_id="ftjob-1",
+        verify_on=VERIFY_ON,
     )
 
 
@@ -74,6 +79,20 @@ def test_a_request_becomes_the_training_config_gemlora_train_runs(tmp_path):
     assert config["lora"]["r"] == 8 and config["data"]["eval_file"] is None
     assert (output["name"], output["dir"]) == ("style-1", str(tmp_path / "run"))
     assert output["tags"] == {"gemlora.job_id": "ftjob-1"}
+    assert output["verify"] | VERIFY_ON == output["verify"]  # the gateway's engine verifies
+
+
+def test_a_job_cannot_point_verification_at_another_engine(tmp_path):
+    request = CreateJobRequest.model_validate(
+        {
+            "model": "gemma-3-270m-w4a16",
+            "training_file": "file-a",
+            "gemlora": {"output": {"verify": {"engine_url": "http://127.0.0.1:9"}}},
+        }
+    )
+    with pytest.raises(TrainSettingsError, match="set by the gateway") as raised:
+        _job_document(request, tmp_path)
+    assert raised.value.param == "gemlora.output.verify.engine_url"
 
 
 def test_gemlora_train_check_names_every_bad_field_of_a_job(tmp_path):

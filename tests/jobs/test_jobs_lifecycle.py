@@ -20,8 +20,12 @@ from jobs_helpers import (
 )
 
 from gemlora.adapters import AdapterNotFoundError
+from gemlora.adapters.verification import verification_of
+from gemlora.adapters.verify import verify_adapter
 
 pytestmark = pytest.mark.engine
+
+PAUSED_STEPS = 24
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +58,7 @@ def image_question(samples) -> list[dict]:
     return json.loads(line)["messages"][:1]
 
 
-def test_a_job_succeeds_and_its_model_answers_at_once(admin, gateway, registry, samples):
+def test_a_job_succeeds_and_its_model_answers_at_once(admin, gateway, engine, registry, samples):
     train, held_out = upload_shapes(admin, samples)
 
     job = admin.fine_tuning.jobs.create(
@@ -91,14 +95,30 @@ def test_a_job_succeeds_and_its_model_answers_at_once(admin, gateway, registry, 
     assert done.trained_tokens > 0 and done.error is None
     mlflow = done.integrations[0].mlflow
     assert mlflow["run_id"] and mlflow["run_id"] in mlflow["run_url"]
-    assert mlflow["registered_model_url"].endswith(f"#/models/{name}/versions/1")
+    # Versions 1 and 2 are the checkpoints at steps 2 and 4, version 3 the final adapter.
+    assert mlflow["registered_model_url"].endswith(f"#/models/{name}/versions/3")
     version = registry.show(name).versions[0]
-    assert (version.version, version.run_id) == (1, mlflow["run_id"])
+    assert (version.version, version.run_id) == (3, mlflow["run_id"])
+    verification = verification_of(version.tags)  # verified on the gateway's engine at once
+    assert verification.passed and verification.image_prompts == 2, verification
+    assert (verification.engine_base, verification.quantization) == (BASE, "none")
+    listed = {model.id: model for model in admin.models.list()}
+    assert listed[name].verification["state"] == "passed"
+    assert listed[f"{name}/3"].verification == listed[name].verification
+    assert listed[f"{name}/1"].verification == {"state": "unverified"}  # a checkpoint
     params = _run_params(registry, mlflow["run_id"])
     assert params["training.lr"] == "0.002"  # 1e-3 (gemlora.training.lr) x multiplier 2
     assert (params["training.batch_size"], params["training.seed"]) == ("2", "7")
     assert (params["lora.r"], params["base.model"]) == ("4", BASE)
     assert admin.files.delete(train.id).deleted  # the job has ended: free to delete
+
+    # The per-step metrics, as OpenAI's result file.
+    (result_id,) = done.result_files
+    assert admin.files.retrieve(result_id).purpose == "fine-tune-results"
+    rows = admin.files.content(result_id).text.splitlines()
+    assert rows[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+    assert [row.split(",")[0] for row in rows[1:]] == ["1", "2", "3", "4"]
+    assert rows[-1].split(",")[3] != ""  # the final step was evaluated
 
     messages = messages_of(admin, job.id)
     expected = [
@@ -108,9 +128,11 @@ def test_a_job_succeeds_and_its_model_answers_at_once(admin, gateway, registry, 
         f"Training started (MLflow run {mlflow['run_id']})",
         "Step 1/4: training loss=",
         "Checkpoint saved at step 2",
+        f"Checkpoint at step 2 is callable as model '{name}/1'",
         "Step 4/4: validation loss=",
         "Generation eval on 2 held-out examples",
-        f"Registered {name} version 1",
+        f"Registered {name} version 3",
+        f"Verification passed on {BASE}: 6 prompts, 2 with images",
         "The job has successfully completed",
     ]
     positions = [_index(messages, text) for text in expected]
@@ -128,8 +150,23 @@ def test_a_job_succeeds_and_its_model_answers_at_once(admin, gateway, registry, 
 
     checkpoints = admin.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.step_number for c in checkpoints] == [4, 2]  # newest first, save_total_limit 2
-    assert checkpoints[0].object == "fine_tuning.job.checkpoint"
-    assert checkpoints[0].fine_tuning_job_id == job.id and checkpoints[0].metrics.train_loss > 0
+    assert [c.fine_tuned_model_checkpoint for c in checkpoints] == [f"{name}/2", f"{name}/1"]
+    first = checkpoints[-1]
+    assert first.object == "fine_tuning.job.checkpoint" and first.fine_tuning_job_id == job.id
+    assert first.metrics.train_loss > 0 and first.metrics.train_mean_token_accuracy >= 0
+    # A checkpoint is callable by that name, and the engine serves it as PEFT computes it.
+    reply = admin.chat.completions.create(
+        model=first.fine_tuned_model_checkpoint,
+        messages=image_question(samples),
+        max_tokens=4,
+        temperature=0,
+    )
+    assert reply.model == first.fine_tuned_model_checkpoint
+    checkpoint = registry.lookup(first.fine_tuned_model_checkpoint)
+    assert checkpoint.metadata.checkpoint_step == 2 and not checkpoint.aliases
+    report = verify_adapter(registry, first.fine_tuned_model_checkpoint, engine.url, BASE)
+    gaps = [(c.prompt, c.image, c.identical, c.max_logprob_gap) for c in report.prompts]
+    assert report.passed, gaps
 
 
 def test_jobs_list_with_pagination_and_cancel_stops_training_without_a_version(
@@ -141,11 +178,24 @@ def test_jobs_list_with_pagination_and_cancel_stops_training_without_a_version(
             model=BASE,
             training_file=train.id,
             suffix=f"team-{label}",
+            metadata=metadata,
             extra_body={"gemlora": tiny_settings(max_steps=max_steps, save_steps=1000)},
         )
-        for label, max_steps in (("long", 1000), ("b", 2), ("c", 2))
+        for label, max_steps, metadata in (
+            ("long", 1000, {"run": "long"}),
+            ("b", 2, {"run": "short", "owner": "b"}),
+            ("c", 2, None),
+        )
     ]
     long, queued, last = created
+    # OpenAI's metadata filter: every KEY=VALUE given must match; `metadata=null`: none set.
+    filtered = team.fine_tuning.jobs.list(metadata={"run": "short", "owner": "b"})
+    assert [j.id for j in filtered.data] == [queued.id]
+    assert [j.id for j in team.fine_tuning.jobs.list(metadata={"run": "long"})] == [long.id]
+    without = team.fine_tuning.jobs.list(extra_query={"metadata": "null"})
+    assert [j.id for j in without.data] == [last.id]
+    with pytest.raises(openai.BadRequestError, match="metadata"):
+        team.fine_tuning.jobs.list(extra_query={"metadata": "run"})
 
     page = team.fine_tuning.jobs.list(limit=2)
     assert [j.id for j in page.data] == [last.id, queued.id] and page.has_more
@@ -161,6 +211,9 @@ def test_jobs_list_with_pagination_and_cancel_stops_training_without_a_version(
 
     # Running: SIGTERM stops training within seconds; nothing is registered.
     wait_for_event(team, long.id, "training loss=")
+    running = team.fine_tuning.jobs.retrieve(long.id)
+    assert running.estimated_finish > time.time(), running.estimated_finish  # 1,000 steps to go
+    assert running.result_files == []
     started = time.monotonic()
     cancelled = team.fine_tuning.jobs.cancel(long.id)
     took = time.monotonic() - started
@@ -179,6 +232,42 @@ def test_jobs_list_with_pagination_and_cancel_stops_training_without_a_version(
 
     # The next queued job gets the worker; cancel it wherever it is.
     assert team.fine_tuning.jobs.cancel(last.id).status == "cancelled"
+
+
+def test_a_paused_job_resumes_in_its_run_and_ends_at_the_same_step_count(admin, registry, samples):
+    (train,) = upload_shapes(admin, samples, held_out=0)
+    settings = tiny_settings(max_steps=PAUSED_STEPS, save_steps=1000)
+    settings["eval"] = {"generation_examples": 0}
+    job = admin.fine_tuning.jobs.create(
+        model=BASE, training_file=train.id, extra_body={"gemlora": settings}
+    )
+    with pytest.raises(openai.ConflictError, match="only a running job"):
+        admin.fine_tuning.jobs.pause(job.id)  # not running yet
+
+    wait_for_event(admin, job.id, f"Step 3/{PAUSED_STEPS}")
+    paused = admin.fine_tuning.jobs.pause(job.id)
+
+    assert paused.status == "paused" and paused.estimated_finish is None
+    (checkpoint,) = admin.fine_tuning.jobs.checkpoints.list(job.id).data  # saved on pause
+    step = checkpoint.step_number
+    assert 3 <= step < PAUSED_STEPS
+    assert f"Job paused at step {step} with a checkpoint" in " ".join(messages_of(admin, job.id))
+    run_id = paused.integrations[0].mlflow["run_id"]
+    assert _run_status(registry, run_id) == "SCHEDULED"
+    assert admin.fine_tuning.jobs.resume(job.id).status in ("queued", "running")
+    done = wait_for(admin, job.id, "succeeded")
+
+    with pytest.raises(openai.ConflictError, match="only a paused job"):
+        admin.fine_tuning.jobs.resume(job.id)
+    assert done.integrations[0].mlflow["run_id"] == run_id  # the same MLflow run, finished
+    assert _run_status(registry, run_id) == "FINISHED"
+    messages = messages_of(admin, job.id)
+    assert f"Job resumed: queued to continue from step {step}" in messages
+    assert any(m.startswith(f"Step {PAUSED_STEPS}/{PAUSED_STEPS}: training loss") for m in messages)
+    from mlflow import MlflowClient
+
+    history = MlflowClient(registry.config.tracking_uri).get_metric_history(run_id, "loss")
+    assert sorted({m.step for m in history}) == list(range(1, PAUSED_STEPS + 1))
 
 
 def test_a_job_whose_data_does_not_fit_the_base_fails_naming_the_line(admin, samples):

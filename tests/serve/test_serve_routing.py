@@ -12,11 +12,12 @@ from serve_helpers import BASES, HELD_OUT, REPLY_A, REPLY_B
 from typer.testing import CliRunner
 
 from gemlora.adapters import AdapterMetadata
+from gemlora.adapters.verification import verification_of
 from gemlora.adapters.verify import (
     VERIFY_TAG,
-    engine_greedy_ids,
     load_reference_model,
     reference_greedy_ids,
+    serve_text,
 )
 from gemlora.bases import resolve_base
 
@@ -71,7 +72,7 @@ def test_each_model_name_gets_that_models_greedy_output(engines, base, taught, n
     outputs = {}
     for model_name, adapter, prompt in cases:
         reference = reference_greedy_ids(load_reference_model(spec, adapter), prompt, TOKENS)
-        served = engine_greedy_ids(engine.url, model_name, prompt, TOKENS)
+        served = serve_text(engine.url, model_name, prompt, TOKENS).tokens
         text = tokenizer.decode(served)
         if adapter is None and prompt is chat:
             outputs[base] = text  # the base is unsure on chat prompts: only its text is checked
@@ -98,7 +99,7 @@ def test_mixed_concurrent_requests_each_get_their_models_tokens(engines, names, 
     }
 
     def answer(model: str) -> list[int]:
-        return engine_greedy_ids(engine.url, model, prompts[model], TOKENS)
+        return serve_text(engine.url, model, prompts[model], TOKENS).tokens
 
     models = list(prompts) * 3
     alone = {model: answer(model) for model in prompts}
@@ -171,4 +172,6 @@ def test_verify_records_agreement_on_the_model_version(engines, registry, names)
     assert result.exit_code == 0, result.output
     version = registry.show(name).versions[-1]
     assert version.version == 1
-    assert '"identical": true' in version.tags[VERIFY_TAG]
+    verification = verification_of(version.tags)
+    assert verification.passed and verification.compared_by == "tokens", version.tags[VERIFY_TAG]
+    assert (verification.engine_base, verification.prompts) == ("gemma-3-270m", 1)

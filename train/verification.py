@@ -1,0 +1,69 @@
+"""Verify a just-registered version on a running engine (`output.verify`).
+
+When an engine serving this base's family answers at `output.verify.engine_url` (the jobs API
+always points at its own), PEFT + transformers and the engine answer the same held-out prompts,
+with the run's held-out images on a multimodal base, and the result is recorded on the version
+(`gemlora.verify`), before `promote_if` looks at it. No engine there: the version stays
+unverified, and the run says so.
+"""
+
+from __future__ import annotations
+
+from gemlora.adapters.verification import Verification
+from gemlora.train.config import TrainConfig
+
+
+def verify_registered(config: TrainConfig, registry, version: int, data, progress):
+    """The recorded verification, or None when no engine serving the base was reachable."""
+    from gemlora.adapters.compat import lookup_base
+    from gemlora.adapters.verify import engine_base, verify_adapter
+
+    settings = config.output.verify
+    if settings.engine_url is None:
+        return None
+    served = engine_base(settings.engine_url)
+    if served is not None and settings.engine_base is not None:
+        served = settings.engine_base
+    trained, engine_spec = lookup_base(config.base.model), lookup_base(served or "")
+    if served is None or engine_spec is None or trained is None:
+        progress.write("unverified", reason=f"no engine of a known base at {settings.engine_url}")
+        return None
+    if engine_spec.family != trained.family:
+        progress.write(
+            "unverified", reason=f"the engine at {settings.engine_url} serves {served}, not "
+            f"a base of the {trained.family} family",
+        )  # fmt: skip
+        return None
+    report = verify_adapter(
+        registry,
+        f"{config.output.name}/{version}",
+        settings.engine_url,
+        engine_spec,
+        tokens=settings.tokens,
+        dtype=settings.dtype,
+        image_prompts=held_out_image_prompts(data.eval, settings.image_prompts),
+        tolerance=settings.tolerance,
+    )
+    verification: Verification = report.verification()
+    progress.write("verified", **verification.model_dump(mode="json"))
+    return verification
+
+
+def held_out_image_prompts(examples, count: int) -> list:
+    """Up to `count` image prompts from held-out examples (SFT or preference): each one's first
+    user turn with an image, as its text and first image."""
+    from gemlora.adapters.verify import VerifyPrompt
+    from gemlora.data.example import ImagePart
+    from gemlora.data.preference import PreferenceExample
+
+    prompts = []
+    for example in examples:
+        if isinstance(example, PreferenceExample):
+            example = example.prompt_example()
+        turn = next((m for m in example.messages if m.role == "user"), None)
+        images = [part for part in (turn.content if turn else ()) if isinstance(part, ImagePart)]
+        if images and len(prompts) < count:
+            image = example.images[images[0].index].to_pil()
+            text = turn.text or "Describe this image."
+            prompts.append(VerifyPrompt(text, image, f"held out: {example.source or 'eval'}"))
+    return prompts
