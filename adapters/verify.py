@@ -356,6 +356,75 @@ def check_prompt(engine_url, model_name, reference_model, processor, prompt, tok
     )
 
 
+class Verifier:
+    """PEFT + transformers on the served base, loaded once, against the engine at `engine_url`
+    (serving that base in `dtype`, the engine config's); each `verify` attaches one adapter
+    version, checks every prompt and detaches it. On a multimodal base, image prompts are added
+    (`image_prompts`, else the built-in ones)."""
+
+    def __init__(
+        self,
+        engine_url: str,
+        base: str | BaseSpec,
+        *,
+        prompts: list[str] | None = None,
+        image_prompts: list[VerifyPrompt] | None = None,
+        tokens: int = 16,
+        dtype: str = "auto",
+        tolerance: float = DEFAULT_TOLERANCE,
+    ) -> None:
+        from gemlora.adapters.registry import served_base
+
+        self.engine_url, self.tokens, self.dtype, self.tolerance = (
+            engine_url,
+            tokens,
+            dtype,
+            tolerance,
+        )
+        self.spec = served_base(base)
+        self.checks = [VerifyPrompt(text) for text in (prompts or DEFAULT_PROMPTS)]
+        if self.spec.multimodal:
+            self.checks += image_prompts if image_prompts else builtin_image_prompts()
+        self.processor = load_processor(self.spec)
+        self.base_model = load_reference_model(self.spec, None, dtype)
+
+    def verify(self, registry, ref: str, record: bool = True) -> VerifyReport:
+        """Check `ref` and record the result as the `gemlora.verify` tag of its version."""
+        from peft import PeftModel
+
+        from gemlora.precision import resolve_precision
+
+        resolved = registry.resolve(ref, base=self.spec)
+        model = PeftModel.from_pretrained(self.base_model, str(resolved.path)).eval()
+        results, refused = [], None
+        try:
+            results = [self._check(model, ref, prompt) for prompt in self.checks]
+        except EngineRefusedError as error:
+            refused = str(error)
+        finally:
+            self.base_model = model.unload()  # the bare base again, for the next version
+        report = VerifyReport(
+            ref=ref,
+            version_ref=resolved.version_ref,
+            base=self.spec.name,
+            quantization=self.spec.quantization,
+            dtype=resolve_precision(self.dtype),
+            tokens=self.tokens,
+            tolerance=self.tolerance,
+            prompts_digest=prompts_digest(self.checks),
+            prompts=results,
+            checked_at=datetime.now(UTC),
+            refused=refused,
+        )
+        if record:
+            tag = report.verification().to_tag()
+            registry.set_version_tag(resolved.name, resolved.version, VERIFY_TAG, tag)
+        return report
+
+    def _check(self, model, ref: str, prompt: VerifyPrompt) -> PromptCheck:
+        return check_prompt(self.engine_url, ref, model, self.processor, prompt, self.tokens)
+
+
 def verify_adapter(
     registry,
     ref: str,
@@ -369,39 +438,9 @@ def verify_adapter(
     image_prompts: list[VerifyPrompt] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> VerifyReport:
-    """Compare PEFT + transformers with the engine at `engine_url` (serving `base` in `dtype`,
-    the engine config's) on `ref`, and record the result as the `gemlora.verify` tag of the
-    version `ref` points at. On a multimodal base, image prompts are added (`image_prompts`,
-    else the built-in ones)."""
-    from gemlora.adapters.registry import served_base
-    from gemlora.precision import resolve_precision
-
-    spec = served_base(base)
-    resolved = registry.resolve(ref, base=spec)
-    checks = [VerifyPrompt(text) for text in (prompts or DEFAULT_PROMPTS)]
-    if spec.multimodal:
-        checks += image_prompts if image_prompts else builtin_image_prompts()
-    processor = load_processor(spec)
-    model = load_reference_model(spec, resolved.path, dtype)
-    results, refused = [], None
-    try:
-        results = [check_prompt(engine_url, ref, model, processor, p, tokens) for p in checks]
-    except EngineRefusedError as error:
-        refused = str(error)
-    report = VerifyReport(
-        ref=ref,
-        version_ref=resolved.version_ref,
-        base=spec.name,
-        quantization=spec.quantization,
-        dtype=resolve_precision(dtype),
-        tokens=tokens,
-        tolerance=tolerance,
-        prompts_digest=prompts_digest(checks),
-        prompts=results,
-        checked_at=datetime.now(UTC),
-        refused=refused,
-    )
-    if record:
-        tag = report.verification().to_tag()
-        registry.set_version_tag(resolved.name, resolved.version, VERIFY_TAG, tag)
-    return report
+    """Verify one version (see `Verifier`)."""
+    verifier = Verifier(
+        engine_url, base, prompts=prompts, image_prompts=image_prompts, tokens=tokens,
+        dtype=dtype, tolerance=tolerance,
+    )  # fmt: skip
+    return verifier.verify(registry, ref, record)

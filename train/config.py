@@ -417,6 +417,11 @@ class VerifySection(Section):
         gt=0,
         description="Largest log-probability gap (nats) that passes where greedy tokens differ.",
     )
+    checkpoints: bool = Field(
+        default=True,
+        description="Also verify the versions registered for checkpoints "
+        "(`register_checkpoints`), after the final one.",
+    )
     image_prompts: int = Field(
         default=2,
         ge=0,

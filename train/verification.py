@@ -14,9 +14,11 @@ from gemlora.train.config import TrainConfig
 
 
 def verify_registered(config: TrainConfig, registry, version: int, data, progress):
-    """The recorded verification, or None when no engine serving the base was reachable."""
+    """Verify the final version, then (`output.verify.checkpoints`) the run's checkpoint
+    versions; returns the final version's verification, or None when no engine serving the
+    base was reachable."""
     from gemlora.adapters.compat import lookup_base
-    from gemlora.adapters.verify import engine_base, verify_adapter
+    from gemlora.adapters.verify import Verifier, engine_base
 
     settings = config.output.verify
     if settings.engine_url is None:
@@ -34,18 +36,30 @@ def verify_registered(config: TrainConfig, registry, version: int, data, progres
             f"a base of the {trained.family} family",
         )  # fmt: skip
         return None
-    report = verify_adapter(
-        registry,
-        f"{config.output.name}/{version}",
+    verifier = Verifier(
         settings.engine_url,
         engine_spec,
+        image_prompts=held_out_image_prompts(data.eval, settings.image_prompts),
         tokens=settings.tokens,
         dtype=settings.dtype,
-        image_prompts=held_out_image_prompts(data.eval, settings.image_prompts),
         tolerance=settings.tolerance,
     )
-    verification: Verification = report.verification()
-    progress.write("verified", **verification.model_dump(mode="json"))
+    final = _verify(verifier, registry, config.output.name, version, progress)
+    if settings.checkpoints:
+        for checkpoint in checkpoint_versions(progress):
+            _verify(verifier, registry, config.output.name, checkpoint, progress)
+    return final
+
+
+def checkpoint_versions(progress) -> list[int]:
+    """The versions this run registered for its checkpoints (before a pause or a restart too)."""
+    records = progress.read()
+    return [r["version"] for r in records if r.get("event") == "checkpoint_registered"]
+
+
+def _verify(verifier, registry, name: str, version: int, progress) -> Verification:
+    verification = verifier.verify(registry, f"{name}/{version}").verification()
+    progress.write("verified", version=version, **verification.model_dump(mode="json"))
     return verification
 
 

@@ -161,7 +161,7 @@ def describe(record: dict[str, Any]) -> tuple[str, str, dict | None] | None:
 
 def _verification_event(record: dict[str, Any]) -> tuple[str, str, None]:
     """What the engine check found (`gemlora.adapters.verify`)."""
-    where = f"on {record.get('engine_base')}"
+    where = f"for version {record.get('version')} on {record.get('engine_base')}"
     if record.get("refused"):
         return "error", f"Verification failed {where}: {record['refused']}", None
     how = "greedy tokens" if record.get("compared_by") == "tokens" else "log-probabilities"

@@ -105,7 +105,7 @@ def test_a_job_succeeds_and_its_model_answers_at_once(admin, gateway, engine, re
     listed = {model.id: model for model in admin.models.list()}
     assert listed[name].verification["state"] == "passed"
     assert listed[f"{name}/3"].verification == listed[name].verification
-    assert listed[f"{name}/1"].verification == {"state": "unverified"}  # a checkpoint
+    assert listed[f"{name}/1"].verification["state"] == "passed"  # checkpoints are verified too
     params = _run_params(registry, mlflow["run_id"])
     assert params["training.lr"] == "0.002"  # 1e-3 (gemlora.training.lr) x multiplier 2
     assert (params["training.batch_size"], params["training.seed"]) == ("2", "7")
@@ -132,7 +132,8 @@ def test_a_job_succeeds_and_its_model_answers_at_once(admin, gateway, engine, re
         "Step 4/4: validation loss=",
         "Generation eval on 2 held-out examples",
         f"Registered {name} version 3",
-        f"Verification passed on {BASE}: 6 prompts, 2 with images",
+        f"Verification passed for version 3 on {BASE}: 6 prompts, 2 with images",
+        f"Verification passed for version 1 on {BASE}",
         "The job has successfully completed",
     ]
     positions = [_index(messages, text) for text in expected]

@@ -3,7 +3,7 @@ columns, and the estimated finish from the measured step rate."""
 
 from __future__ import annotations
 
-from gemlora.serve.jobs.progress import estimated_finish, results_csv
+from gemlora.serve.jobs.progress import describe, estimated_finish, results_csv
 
 
 def test_the_result_file_has_a_row_per_step_in_openais_columns():
@@ -32,3 +32,15 @@ def test_the_estimated_finish_follows_the_step_rate_since_the_latest_start():
     assert estimated_finish(records) == 1010 + 94 * 5
     assert estimated_finish(records[:1]) is None  # no step measured yet
     assert estimated_finish([]) is None
+
+
+def test_the_job_says_which_step_early_stopping_registered():
+    record = {
+        "event": "best_checkpoint", "step": 7, "eval_loss": 1.23456, "stopped_at": 9,
+        "stopped_early": True,
+    }  # fmt: skip
+    level, message, _ = describe(record)
+    assert level == "info" and message == (
+        "Early stopping at step 9: the best checkpoint, step 7 (validation loss 1.2346), is "
+        "the one registered"
+    )
