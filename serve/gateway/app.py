@@ -65,13 +65,13 @@ class GatewaySettings:
     engine_url: str
     base: str  # the engine's base: catalogue name or model directory
     served_name: str | None = None  # the base's model name for clients (default: `base`)
-    engine_dtype: str = "auto"  # the engine's `engine.dtype` (what a verification computes in)
     registry: AdapterRegistry | None = None
     keys: list[ApiKey] | None = None  # default: from config.keys_file and $GEMLORA_API_KEYS
     dns_resolver: Resolver | None = None  # for image URLs; tests answer names themselves
     jobs: JobsConfig | None = None  # the Files and Fine-tuning Jobs API (serve/jobs); None: off
     # the engine's supervisor's view (`gemlora serve`): why it is down, restarts, retry hint
     engine_status: Callable[[], ProcessStatus] | None = None
+    engine_dtype: str = "auto"  # the engine's `engine.dtype` (what a verification computes in)
 
 
 @dataclass

@@ -242,9 +242,6 @@ def test_a_paused_job_resumes_in_its_run_and_ends_at_the_same_step_count(admin, 
     job = admin.fine_tuning.jobs.create(
         model=BASE, training_file=train.id, extra_body={"gemlora": settings}
     )
-    with pytest.raises(openai.ConflictError, match="only a running job"):
-        admin.fine_tuning.jobs.pause(job.id)  # not running yet
-
     wait_for_event(admin, job.id, f"Step 3/{PAUSED_STEPS}")
     paused = admin.fine_tuning.jobs.pause(job.id)
 
@@ -260,6 +257,8 @@ def test_a_paused_job_resumes_in_its_run_and_ends_at_the_same_step_count(admin, 
 
     with pytest.raises(openai.ConflictError, match="only a paused job"):
         admin.fine_tuning.jobs.resume(job.id)
+    with pytest.raises(openai.ConflictError, match="only a running job"):
+        admin.fine_tuning.jobs.pause(job.id)
     assert done.integrations[0].mlflow["run_id"] == run_id  # the same MLflow run, finished
     assert _run_status(registry, run_id) == "FINISHED"
     messages = messages_of(admin, job.id)
