@@ -431,7 +431,7 @@ class VerifySection(Section):
 
     @field_validator("engine_url")
     @classmethod
-    def _loopback_or_http(cls, url: str | None) -> str | None:
+    def _http_url(cls, url: str | None) -> str | None:
         if url is not None and not url.startswith(("http://", "https://")):
             raise ValueError(f"engine_url must be an http(s) URL, got {url!r}")
         return url.rstrip("/") if url else url
