@@ -1,5 +1,6 @@
-"""gemlora's CPU multi-LoRA kernels (one matmul per adapter) compute what vLLM's per-token
-kernels compute, for every token that has an adapter, and give tokens without one no LoRA term.
+"""gemlora's CPU multi-LoRA kernels (tokens grouped by adapter: padded blocks and one batched
+matmul, or sorted runs and one matmul per adapter) compute what vLLM's per-token kernels compute,
+for every token that has an adapter, and give tokens without one no LoRA term.
 The engine-level check (greedy tokens of mixed concurrent requests) is in test_serve_routing."""
 
 from __future__ import annotations
@@ -9,9 +10,20 @@ import torch
 from vllm.lora.ops.torch_ops import bgmv_expand_slice, bgmv_shrink
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
+from gemlora.serve import cpu_lora
 from gemlora.serve.cpu_lora import GroupedPunicaWrapperCPU, group_tokens
 
 SLOTS, RANK, IN, OUT = 4, 8, 48, 40
+
+
+@pytest.fixture(params=["padded", "runs"])
+def layout(request, monkeypatch):
+    """Both groupings of a mixed batch: padded blocks (what a decode step gets) and sorted runs
+    (what long uneven prefills get), chosen here by the padding limit."""
+    if request.param == "runs":
+        monkeypatch.setattr(cpu_lora, "PADDING_FACTOR", 0)
+        monkeypatch.setattr(cpu_lora, "PADDED_ROWS_ANYWAY", 0)
+    return request.param
 
 
 def stacked(*shape) -> torch.Tensor:
@@ -47,7 +59,7 @@ def lora_linear(punica, x, lora_a, lora_b) -> torch.Tensor:
 @pytest.mark.parametrize(
     "token_slots", [[2] * 7, [0, 0, 3, 1, 1, 1, 3], [3, 2, 1, 0, 2, 3, 0]], ids=str
 )
-def test_grouped_kernels_equal_vllms(token_slots, prefill):
+def test_grouped_kernels_equal_vllms(token_slots, prefill, layout):
     torch.manual_seed(0)
     slots = torch.tensor(token_slots)
     x = torch.randn(len(slots), IN)
@@ -59,9 +71,10 @@ def test_grouped_kernels_equal_vllms(token_slots, prefill):
 
 
 @pytest.mark.parametrize("prefill", [False, True])
-def test_tokens_without_an_adapter_get_no_lora_term(prefill):
+@pytest.mark.parametrize("token_slots", [[-1, 1, -1, 0, 1], [-1, 1, 0, 3]], ids=str)
+def test_tokens_without_an_adapter_get_no_lora_term(prefill, layout, token_slots):
     torch.manual_seed(0)
-    slots = torch.tensor([-1, 1, -1, 0, 1])
+    slots = torch.tensor(token_slots)
     x = torch.randn(len(slots), IN)
     lora_a, lora_b = (stacked(RANK, IN),) * 2, (stacked(OUT, RANK),) * 2
     before = layer_output(len(slots))
@@ -77,19 +90,56 @@ def test_tokens_without_an_adapter_get_no_lora_term(prefill):
     torch.testing.assert_close(after[adapted][:, :OUT], expected[:, :OUT], rtol=1e-5, atol=1e-5)
 
 
-def test_one_adapter_for_the_whole_batch_is_one_group_without_a_gather():
+@pytest.mark.parametrize("token_slots", [[0, 0, 3, 1, 1, 1, 3], [-1, 2, 0, -1, 2]], ids=str)
+def test_single_kernels_equal_vllms(token_slots, layout):
+    """`add_shrink` and `add_expand` on their own (vLLM's logits and embedding LoRA call them)."""
+    torch.manual_seed(0)
+    slots = torch.tensor(token_slots)
+    x = torch.randn(len(slots), IN)
+    lora_a, lora_b = (stacked(RANK, IN),), (stacked(OUT, RANK),)
+    results = []
+    for kind in (GroupedPunicaWrapperCPU, PunicaWrapperCPU):
+        punica = wrapper(kind, slots, prefill=False)
+        shrunk = torch.full((1, len(slots), RANK), 7.0)  # overwritten, not added to
+        punica.add_shrink(shrunk, x, lora_a, 0.5)
+        y = layer_output(len(slots))
+        punica.add_expand(y, shrunk, lora_b, (OUT,), offset_start=OUT)
+        results.append((shrunk, y))
+    adapted = slots >= 0  # vLLM gives unadapted tokens the last slot's terms; gemlora none
+    (ours_shrunk, ours_y), (theirs_shrunk, theirs_y) = results
+    torch.testing.assert_close(ours_shrunk[0][adapted], theirs_shrunk[0][adapted])
+    torch.testing.assert_close(ours_y[adapted], theirs_y[adapted], rtol=1e-5, atol=1e-5)
+    assert not ours_shrunk[0][~adapted].any()
+    assert torch.equal(ours_y[~adapted], layer_output(len(slots))[~adapted])
+
+
+def test_one_adapter_for_the_whole_batch_is_one_matmul_without_a_gather():
     one = group_tokens(torch.tensor([2, 2, 2]))
-    assert one.order is None and one.groups == ((2, 0, 3),)
-    assert group_tokens(torch.tensor([-1, -1])).groups == ()
+    assert one.rows is None and one.runs == ((2, 0, 3),)
+    assert group_tokens(torch.tensor([-1, -1])).runs == ()
 
 
-def test_mixed_batches_are_sorted_into_contiguous_runs_per_adapter():
-    grouping = group_tokens(torch.tensor([1, -1, 0, 1, -1]))
-    # sorted: the two tokens without an adapter, then slot 0's token, then slot 1's two
-    assert grouping.order.tolist() == [1, 4, 2, 0, 3]
-    assert grouping.groups == ((0, 2, 3), (1, 3, 5))
-    assert grouping.covered_from == 2
-    assert grouping.order[grouping.inverse].tolist() == [0, 1, 2, 3, 4]
+def test_a_decode_step_is_one_padded_block_per_slot():
+    """Slots 1 and 3 (and 2 between them, empty); the tokens without an adapter read a filler
+    row, which the gather zeroes."""
+    grouping = group_tokens(torch.tensor([3, -1, 1, 3, 1]))
+    assert grouping.width == 2
+    assert grouping.runs == ((1, 0, 2), (2, 2, 2), (3, 4, 6))
+    assert grouping.rows[[0, 1, 4, 5]].tolist() == [2, 4, 0, 3]
+    assert grouping.positions.tolist() == [4, 2, 0, 5, 1]
+    assert grouping.filler[:, 0].tolist() == [1, 1, 0, 0, 1, 1]
+    # full blocks and a token without an adapter: one more row per block, for its zero row
+    assert group_tokens(torch.tensor([0, 1, -1])).width == 2
+
+
+def test_long_uneven_runs_are_sorted_not_padded():
+    """A 300-token prefill on slot 0 beside one decoding token on slot 5: padding every slot to
+    300 rows would compute 6x the rows, so the tokens are sorted into one run per slot."""
+    slots = torch.tensor([0] * 300 + [5, -1])
+    grouping = group_tokens(slots)
+    assert grouping.width == 0
+    assert grouping.runs == ((0, 0, 300), (5, 300, 301))
+    assert grouping.zero_rows == 1 and grouping.positions[-1] == 0
 
 
 def test_the_plugin_makes_it_the_cpu_platforms_punica_wrapper(monkeypatch):
