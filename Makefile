@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 GEMLORA := .venv/bin/gemlora
 
-.PHONY: install models data demo demo-stop lint test test-fast bench-gateway bench-serving bench-reliability bench-train clean help
+.PHONY: install models data demo demo-stop lint test test-fast bench-gateway bench-serving bench-cpu-lora bench-reliability bench-train clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -35,8 +35,11 @@ test-fast: install  ## tests that need no vLLM engine
 bench-gateway: install  ## gateway overhead vs vLLM directly at 1/8/32 clients (JSON; ~10 min)
 	$(PY) benchmarks/gateway.py --out benchmarks/results/gateway.json
 
-bench-serving: install  ## base, 1 and N adapters; gemlora vs vLLM kernels vs before; hot and new adapters (JSON + PNG; ~50 min)
+bench-serving: install  ## base, 1 and N adapters; gemlora vs vLLM kernels vs before; hot and new adapters (JSON + PNG; ~30 min)
 	$(PY) benchmarks/serving.py --out benchmarks/results/serving.json
+
+bench-cpu-lora: install  ## the CPU multi-LoRA kernels alone: vLLM's vs gemlora's layouts (JSON + PNG; ~2 min)
+	$(PY) benchmarks/cpu_lora.py --out benchmarks/results/cpu_lora.json
 
 bench-reliability: install  ## soak, engine and MLflow SIGKILL mid-soak, disconnect storm, 10,000 fuzzed requests (JSON + PNG; ~17 min)
 	$(PY) benchmarks/reliability.py --out benchmarks/results/reliability.json
