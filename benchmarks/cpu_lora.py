@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,9 @@ from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 from gemlora.serve import cpu_lora
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from charts import grouped_bars  # noqa: E402
+
 LAYERS, SLOTS, RANK = 18, 8, 16
 # (input size, fused output slices) of Gemma 3 270M's adapted projections
 PROJECTIONS = [(640, (1024, 256, 256)), (1024, (640,)), (640, (2048, 2048)), (2048, (640,))]
@@ -107,24 +111,10 @@ def stacked_weights():
 
 
 def chart(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(10, 4.5))
-    width = 0.8 / len(IMPLEMENTATIONS)
-    for index, implementation in enumerate(IMPLEMENTATIONS):
-        values = [report[batch][implementation]["ms"] for batch in BATCHES]
-        offsets = [i + (index - 1) * width for i in range(len(BATCHES))]
-        axis.bar(offsets, values, width, label=implementation)
-    axis.set_xticks(range(len(BATCHES)), list(BATCHES), rotation=10, fontsize=8)
-    axis.set_yscale("log")
-    axis.set_ylabel("ms per step (LoRA kernels only, log scale)")
-    axis.set_title("CPU multi-LoRA kernels, Gemma 3 270M shapes, r=16, 8 slots")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    series = {name: [report[batch][name]["ms"] for batch in BATCHES] for name in IMPLEMENTATIONS}
+    ylabel = "ms per step (LoRA kernels only, log scale)"
+    title = "CPU multi-LoRA kernels, Gemma 3 270M shapes, r=16, 8 slots"
+    grouped_bars(path, list(BATCHES), series, ylabel, title, log_scale=True)
 
 
 def main() -> None:

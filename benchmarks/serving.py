@@ -53,6 +53,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
+from charts import grouped_bars  # noqa: E402
 from gateway import free_port, start_gateway  # noqa: E402  (the gateway benchmark's helpers)
 
 SHIPPED_CONFIG = REPO / "configs/serve/demo.yaml"
@@ -291,25 +292,14 @@ def describe(samples: list[dict]) -> dict:
 
 
 def chart(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     workloads = list(report)
     labels = list(report[workloads[0]])
-    figure, axis = plt.subplots(figsize=(10, 4.5))
-    width = 0.8 / len(labels)
-    for index, label in enumerate(labels):
-        values = [report[workload][label]["tokens_per_s"] for workload in workloads]
-        offsets = [i + (index - (len(labels) - 1) / 2) * width for i in range(len(workloads))]
-        axis.bar(offsets, values, width, label=label)
-    axis.set_xticks(range(len(workloads)), workloads, rotation=15)
-    axis.set_ylabel("output tokens/s")
-    axis.set_title("vLLM on this CPU: base, one adapter, N adapters mixed")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    series = {
+        label: [report[workload][label]["tokens_per_s"] for workload in workloads]
+        for label in labels
+    }
+    title = "vLLM on this CPU: base, one adapter, N adapters mixed"
+    grouped_bars(path, workloads, series, "output tokens/s", title)
 
 
 # --- the run -----------------------------------------------------------------------------------
