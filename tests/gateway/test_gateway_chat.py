@@ -95,7 +95,9 @@ def test_stream_with_the_openai_client_and_usage(client):
 
 
 def test_streaming_is_not_buffered(gateway, keys):
-    """The first chunk arrives while the engine is still generating the rest."""
+    """Chunks arrive while the engine generates, not in one burst at the end: the first and
+    the last are over 0.1 s apart (200 tokens take ~1 s here; a buffered answer arrives in one
+    read). Not the time to the first chunk, which queueing on a busy machine stretches."""
     body = {"model": BASE, "messages": HELLO, "stream": True, "max_tokens": 200, "temperature": 0}
     body["stop"] = []  # no early stop: 200 tokens to generate
     arrivals = []
@@ -111,7 +113,7 @@ def test_streaming_is_not_buffered(gateway, keys):
             if line.startswith("data: "):
                 arrivals.append(time.perf_counter() - started)
     assert len(arrivals) > 20
-    assert arrivals[0] < arrivals[-1] / 2
+    assert arrivals[-1] - arrivals[0] > 0.1, f"all chunks within {arrivals[-1] - arrivals[0]} s"
 
 
 def test_client_disconnect_cancels_the_generation(gateway, keys):

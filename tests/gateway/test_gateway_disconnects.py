@@ -86,6 +86,9 @@ def test_dropped_clients_under_mixed_adapter_load_free_the_engine(
         for i in range(CLIENTS)
     ]
     busy = asyncio.run(load_then_hang_up(url, headers, bodies, engine_url))
+    if busy < 8:  # the load never reached the engine (a stall of this test process, which
+        # also runs the gateway): not a trial of the freeing; one more, which must fill it
+        busy = asyncio.run(load_then_hang_up(url, headers, bodies, engine_url))
     assert busy >= 8, f"the load never filled the engine ({busy} requests at most)"
 
     left = time.monotonic()
