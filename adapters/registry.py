@@ -440,6 +440,7 @@ class AdapterRegistry:
         with mlflow_client.mlflow_errors(self.config.tracking_uri):
             self._version(name, version)  # a clear error for a missing version
             self.client.set_model_version_tag(name, str(version), key, value)
+        self._forget(name)  # this registry's own lookups see the tag at once
 
     def delete_version(self, name: str, version: int) -> None:
         """Delete one version; aliases pointing at it go with it."""

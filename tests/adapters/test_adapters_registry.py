@@ -303,6 +303,13 @@ def test_a_moved_alias_is_picked_up_within_the_ttl(mlflow_server, tmp_path, adap
     assert serving.lookup(f"{name}@champion").version == 2
 
 
+def test_a_tag_set_through_the_registry_is_seen_by_its_next_lookup(registry, adapters, name):
+    registry.register(adapters.a, name, metadata())
+    assert "gemlora.note" not in registry.lookup(f"{name}/1").tags  # now cached for the TTL
+    registry.set_version_tag(name, 1, "gemlora.note", "checked")
+    assert registry.lookup(f"{name}/1").tags["gemlora.note"] == "checked"
+
+
 def test_concurrent_resolves_download_once(registry, adapters, name, monkeypatch):
     registry.register(adapters.a, name, metadata())
     downloads = []
