@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 GEMLORA := .venv/bin/gemlora
 
-.PHONY: install models data demo demo-stop lint test test-fast bench-gateway bench-serving bench-cpu-lora bench-reliability bench-train clean help
+.PHONY: install models data demo demo-stop lint test test-fast bench-gateway bench-serving bench-cpu-lora bench-startup bench-reliability bench-train clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ bench-serving: install  ## base, 1 and N adapters; gemlora vs vLLM kernels vs be
 
 bench-cpu-lora: install  ## the CPU multi-LoRA kernels alone: vLLM's vs gemlora's layouts (JSON + PNG; ~2 min)
 	$(PY) benchmarks/cpu_lora.py --out benchmarks/results/cpu_lora.json
+
+bench-startup: install  ## a multimodal engine's start to first answer: gemlora's processor loading vs vLLM's (JSON + PNG; ~11 min)
+	$(PY) benchmarks/startup.py --out benchmarks/results/startup.json
 
 bench-reliability: install  ## soak, engine and MLflow SIGKILL mid-soak, disconnect storm, 10,000 fuzzed requests (JSON + PNG; ~17 min)
 	$(PY) benchmarks/reliability.py --out benchmarks/results/reliability.json

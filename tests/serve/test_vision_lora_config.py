@@ -75,3 +75,37 @@ def test_the_plugin_registers_the_model_under_gemma3s_architecture(vllm_plugins)
         "gemlora.serve.gemma3_tower_lora",
         "Gemma3TowerLoRA",
     )
+
+
+def test_gemma3s_processor_gets_vllms_tokenizer_without_a_copy(vllm_plugins, built_models):
+    """vLLM's engine processes ask for the HF processor; transformers is never handed vLLM's
+    tokenizer (it would deep-copy it, 12 s per process), yet the processor uses that tokenizer."""
+    from transformers.processing_utils import ProcessorMixin
+    from vllm.config import ModelConfig
+    from vllm.multimodal import MULTIMODAL_REGISTRY
+    from vllm.transformers_utils.processor import cached_get_processor
+
+    asked: list[set[str]] = []
+    load = ProcessorMixin.from_pretrained.__func__
+
+    def recording_load(cls, *args, **kwargs):
+        asked.append(set(kwargs))
+        return load(cls, *args, **kwargs)
+
+    cached_get_processor.cache_clear()
+    model_config = ModelConfig(model=str(built_models["tiny-gemma-3-mm"]))
+    info = MULTIMODAL_REGISTRY.create_processor(model_config).info
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ProcessorMixin, "from_pretrained", classmethod(recording_load))
+        processor = info.get_hf_processor()
+        assert info.get_hf_processor() is processor  # loaded once, then cached
+    assert asked and all("tokenizer" not in kwargs for kwargs in asked), asked
+    assert processor.tokenizer is info.ctx.tokenizer
+    image_tokens = processor(text="<start_of_image>", images=[_tiny_image()])["input_ids"]
+    assert processor.tokenizer.image_token_id in image_tokens[0]
+
+
+def _tiny_image():
+    from PIL import Image
+
+    return Image.new("RGB", (32, 32), "red")
