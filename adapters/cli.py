@@ -27,8 +27,8 @@ from gemlora.adapters.registry import (
     AdapterVersion,
     RegistryConfig,
 )
-from gemlora.adapters.verification import DEFAULT_TOLERANCE
-from gemlora.adapters.verification import describe as describe_verification
+from gemlora.adapters.verification_record import DEFAULT_TOLERANCE
+from gemlora.adapters.verification_record import describe as describe_verification
 
 app = typer.Typer(no_args_is_help=True)
 # soft_wrap: messages stay one line each for scripts and grep; tables still fit the terminal.
@@ -249,11 +249,13 @@ def verify(
             "built-in ones).",
         ),
     ] = None,
-    tokens: Annotated[int, typer.Option(min=1, help="Greedy tokens compared per prompt.")] = 16,
+    tokens: Annotated[
+        int, typer.Option(min=1, help="Tokens generated, and compared, per prompt.")
+    ] = 16,
     tolerance: Annotated[
         float,
         typer.Option(
-            min=0, help="Largest log-probability gap (nats) that passes where tokens differ."
+            min=0, help="Largest log-probability gap (nats) that passes, at any position."
         ),
     ] = DEFAULT_TOLERANCE,
     dtype: Annotated[
@@ -268,16 +270,22 @@ def verify(
     as_json: JsonOption = False,
 ) -> None:
     """Check the engine serves exactly what was trained: PEFT + transformers vs the engine on
-    held-out prompts (with images on a multimodal base), by greedy tokens, and where those
-    differ by the log-probabilities of the engine's top tokens. Exit code 1 unless it passes."""
-    from gemlora.adapters.verify import verify_adapter
+    held-out prompts (with images on a multimodal base), by the log-probabilities of the
+    engine's top tokens at every position (equal greedy tokens are not enough). Exit code 1
+    unless it passes; a check that breaks is recorded as `error` on the version."""
+    from gemlora.adapters.fidelity_check import verify_adapter
 
     images = [_image_prompt(path) for path in image or []]
     with _registry(ctx) as registry:
-        report = verify_adapter(
-            registry, ref, engine_url, base, prompt, tokens, record, dtype,
-            image_prompts=images, tolerance=tolerance,
-        )  # fmt: skip
+        try:
+            report = verify_adapter(
+                registry, ref, engine_url, base, prompt, tokens, record, dtype,
+                image_prompts=images, tolerance=tolerance,
+            )  # fmt: skip
+        except AdapterError:
+            raise
+        except Exception as error:  # the check broke: one message, not a traceback
+            raise AdapterError(f"the check broke: {type(error).__name__}: {error}") from error
     if as_json:
         typer.echo(report.model_dump_json(indent=2))
     else:
@@ -289,7 +297,7 @@ def verify(
 def _image_prompt(path: Path):
     from PIL import Image
 
-    from gemlora.adapters.verify import VerifyPrompt
+    from gemlora.adapters.fidelity_check import VerifyPrompt
 
     try:
         image = Image.open(path).convert("RGB")
@@ -314,8 +322,11 @@ def _print_report(ref: str, base: str, report) -> None:
         )
     console.print(table)
     verdict = "passed" if report.passed else "[red]failed[/red]"
-    how = "greedy tokens" if report.identical else f"log-probs within {report.tolerance:g} nats"
-    console.print(f"{verdict}: agreement {report.agreement:.1%}, compared by {how}")
+    tokens = "equal" if report.identical else "not all equal"
+    console.print(
+        f"{verdict}: agreement {report.agreement:.1%}, compared by log-probs within "
+        f"{report.tolerance:g} nats (greedy tokens {tokens})"
+    )
 
 
 # --- helpers ------------------------------------------------------------------------------------

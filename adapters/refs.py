@@ -59,17 +59,24 @@ def validate_version(version: int | str) -> int:
     return int(text)
 
 
+def split_ref(ref: str) -> tuple[str, str]:
+    """`NAME@ALIAS` -> (`NAME`, `@ALIAS`), `NAME/VERSION` -> (`NAME`, `/VERSION`), `NAME` ->
+    (`NAME`, ""), unchecked: a glob over names (`support-*@champion`, the engine's hot adapters)
+    splits where a reference does."""
+    cut = min((i for i in (ref.find("@"), ref.find("/")) if i >= 0), default=len(ref))
+    return ref[:cut], ref[cut:]
+
+
 def parse_ref(ref: str) -> AdapterRef:
     """`NAME`, `NAME@ALIAS` or `NAME/VERSION` -> `AdapterRef`; `InvalidRefError` otherwise."""
     if ref.count("@") + ref.count("/") > 1:
         raise InvalidRefError(f"invalid adapter reference {ref!r}: expected {REF_FORMS}")
+    name, rest = split_ref(ref)
     try:
-        if "@" in ref:
-            name, alias = ref.split("@")
-            return AdapterRef(validate_name(name), alias=validate_alias(alias))
-        if "/" in ref:
-            name, version = ref.split("/")
-            return AdapterRef(validate_name(name), version=validate_version(version))
-        return AdapterRef(validate_name(ref))
+        if rest.startswith("@"):
+            return AdapterRef(validate_name(name), alias=validate_alias(rest[1:]))
+        if rest.startswith("/"):
+            return AdapterRef(validate_name(name), version=validate_version(rest[1:]))
+        return AdapterRef(validate_name(name))
     except InvalidRefError as error:
         raise InvalidRefError(f"invalid adapter reference {ref!r}: {error}") from None

@@ -44,7 +44,11 @@ from gemlora.adapters.refs import (
     validate_name,
     validate_version,
 )
-from gemlora.adapters.verification import PromotionRule, allows_promotion
+from gemlora.adapters.verification_record import (
+    DEFAULT_PROMOTION_RULE,
+    PromotionRule,
+    allows_promotion,
+)
 from gemlora.bases import BaseSpec, load_catalogue, resolve_base
 from gemlora.paths import gemlora_home
 
@@ -212,7 +216,13 @@ class AdapterRegistry:
         The adapter is checked against the base it was trained on (`metadata.base`) before
         anything is written. Its files are logged to `run_id` (or to a new run in the
         registration experiment), the version is tagged with the metadata and content digest,
-        and `alias` is pointed at it. A failure on the way leaves no version behind.
+        and `alias` is pointed at it. A failure on the way leaves no version behind, as far as
+        MLflow lets it be removed.
+
+        With `run_id`, registering is idempotent: when that run already has a version of `name`
+        with this content and metadata (an earlier attempt that MLflow dropped after creating
+        the version, so that its rollback failed too), that version is completed (the alias
+        pointed at it) and returned instead of a second one being made.
         """
         adapter_dir = Path(adapter_dir)
         validate_name(name)
@@ -288,6 +298,10 @@ class AdapterRegistry:
         alias: str | None,
     ) -> int:
         own_run = run_id is None
+        if not own_run:
+            earlier = self._registered_by(run_id, name, tags)
+            if earlier is not None:
+                return self._complete_version(name, earlier, alias)
         run_id = run_id or self._new_run(name)
         created_model, version = False, None
         try:
@@ -305,6 +319,31 @@ class AdapterRegistry:
         except BaseException:
             self._roll_back(name, version, created_model, run_id if own_run else None)
             raise
+        return version
+
+    def _registered_by(self, run_id: str, name: str, tags: dict[str, str]) -> int | None:
+        """The version of `name` that run `run_id` already registered with exactly these tags
+        (content digest and metadata, which `create_model_version` sets with the version in one
+        request); None when there is none. Tags tell a run's final adapter from a checkpoint of
+        equal content (`gemlora.checkpoint_step`)."""
+        found = mlflow_client.all_pages(
+            lambda page_token: self.client.search_model_versions(
+                filter_string=f"name = '{name}' AND run_id = '{run_id}'", page_token=page_token
+            )
+        )
+        matches = [
+            int(mv.version)
+            for mv in found
+            if all((mv.tags or {}).get(key) == value for key, value in tags.items())
+        ]
+        return min(matches, default=None)
+
+    def _complete_version(self, name: str, version: int, alias: str | None) -> int:
+        """Finish what an interrupted registration of `version` left undone: its alias."""
+        self._registered_model(name)  # ours (gemlora.kind), as when it was created
+        if alias is not None:
+            self.client.set_registered_model_alias(name, alias, str(version))
+        logger.info("%s version %d was registered by this run before: completed it", name, version)
         return version
 
     def _new_run(self, name: str) -> str:
@@ -411,11 +450,13 @@ class AdapterRegistry:
         *,
         higher_is_better: bool = True,
         to: str | None = None,
-        verification: PromotionRule = "not_failed",
+        verification: PromotionRule = DEFAULT_PROMOTION_RULE,
     ) -> bool:
         """Promote `version` when its eval score `metric` beats the one `to` points at (or
         nothing holds `to`, or that version has no such score) and its verification meets
-        `verification` (`gemlora.adapters.verification`); True when it was promoted."""
+        `verification` (`gemlora.adapters.verification_record`; by default only a passed check
+        does: an unverified version, or one whose check broke, stays where it is); True when it
+        was promoted."""
         to = to or self.config.default_alias
         with mlflow_client.mlflow_errors(self.config.tracking_uri):
             candidate = self._version(name, version)

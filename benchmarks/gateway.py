@@ -164,7 +164,7 @@ def start_gateway(
     engine_url: str, key: str, log_dir: Path, base: str = BASE
 ) -> tuple[subprocess.Popen, str]:
     """The gateway in its own process in front of `engine_url`, accepting `key`; its URL."""
-    from gemlora.serve.gateway import hash_key
+    from gemlora.serve.auth import hash_key
 
     port = free_port()
     keys = {"keys": [{"id": "bench", "sha256": hash_key(key), "requests_per_minute": None}]}
@@ -216,8 +216,8 @@ def main() -> None:
         serve_gateway(args.serve_gateway[0], int(args.serve_gateway[1]), args.serve_gateway[2])
         return
 
+    from gemlora.serve.auth import new_key
     from gemlora.serve.engine import EngineConfig, start_engine
-    from gemlora.serve.gateway import new_key
     from gemlora.train.bases import build_model
 
     log_dir = Path(tempfile.mkdtemp(prefix="gemlora-bench-"))

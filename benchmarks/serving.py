@@ -333,8 +333,8 @@ async def run(options, mixed: list[int]) -> dict:
     shipped vs `max_loras>=N` on the largest mix, and the first requests."""
     from gemlora.adapters import AdapterRegistry, RegistryConfig
     from gemlora.adapters.mlflow_server import start_mlflow_server
+    from gemlora.serve.auth import new_key
     from gemlora.serve.config import load_serve_config
-    from gemlora.serve.gateway import new_key
     from gemlora.train.bases import build_model
 
     shipped = load_serve_config(SHIPPED_CONFIG).engine

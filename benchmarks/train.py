@@ -6,7 +6,7 @@
 For each case (a base and a dataset) it trains the same LoRA twice per round, each in a fresh
 process, the order alternating from round to round so that drift on a noisy machine hits both:
 
-- gemlora: `gemlora.train.trainer.build_trainer`, what `gemlora train` runs (its collator,
+- gemlora: `gemlora.train.sft.SupervisedMethod`, what `gemlora train` runs (its collator,
   padding-free batches for text-only bases, the LM head on labelled positions only);
 - plain TRL: `SFTTrainer` as TRL's docs show it: the dataset's `messages` (and `images`), TRL's
   own collator, `assistant_only_loss=True`, the model loaded in fp32 on a CPU.
@@ -96,7 +96,7 @@ def gemlora_trainer(case: Case, train_file: Path, run_dir: Path):
     from gemlora.train import parse_config
     from gemlora.train.dataset import load_training_data
     from gemlora.train.model import load_base
-    from gemlora.train.trainer import build_trainer
+    from gemlora.train.sft import SupervisedMethod
 
     config = parse_config(
         {
@@ -115,7 +115,7 @@ def gemlora_trainer(case: Case, train_file: Path, run_dir: Path):
     )
     data = load_training_data(config.data, config.base.model)
     loaded = load_base(config.base, resolve_base(case.base))
-    return build_trainer(config, loaded, data, run_dir, progress=None)
+    return SupervisedMethod().build_trainer(config, loaded, data, run_dir, progress=None)
 
 
 def trl_trainer(case: Case, train_file: Path, run_dir: Path):

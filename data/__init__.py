@@ -12,6 +12,7 @@ the train/eval split, and the SSRF-safe image fetcher that serving shares.
 Nothing here imports torch or transformers at import time.
 """
 
+from gemlora.data.conversation_rules import check_messages, check_preference
 from gemlora.data.example import (
     DatasetError,
     Example,
@@ -35,14 +36,7 @@ from gemlora.data.reader import (
     read_dataset,
     read_preferences,
 )
-from gemlora.data.remote import FetchPolicy, ImageFetcher, ImageFetchError
-from gemlora.data.report import (
-    DatasetReport,
-    LengthStats,
-    PreferenceReport,
-    validate_dataset,
-    validate_preferences,
-)
+from gemlora.data.safe_fetch import FetchPolicy, ImageFetcher, ImageFetchError
 from gemlora.data.split import Split, is_eval, split_examples
 from gemlora.data.tokens import (
     OverlongPolicy,
@@ -55,7 +49,13 @@ from gemlora.data.tokens import (
     measure_preference_tokens,
     measure_tokens,
 )
-from gemlora.data.validate import check_messages, check_preference
+from gemlora.data.validation import (
+    DatasetReport,
+    LengthStats,
+    PreferenceReport,
+    validate_dataset,
+    validate_preferences,
+)
 
 __all__ = [
     "FORMATS",

@@ -73,7 +73,7 @@ def validate(
     ending with a user turn, two different one-message assistant replies, and prompt + each
     reply within the max length. Exits 1 when there is any error.
     """
-    from gemlora.data.report import validate_dataset, validate_preferences
+    from gemlora.data.validation import validate_dataset, validate_preferences
 
     options = _read_options(max_images, allow_remote, strict)
     check = validate_preferences if _is_preference(file, format) else validate_dataset
@@ -221,7 +221,7 @@ def _images(example) -> str:
 
 def _read_options(max_images: int, allow_remote: bool, strict: bool):
     from gemlora.data.reader import ReadOptions
-    from gemlora.data.remote import ImageFetcher
+    from gemlora.data.safe_fetch import ImageFetcher
 
     fetcher = ImageFetcher() if allow_remote else None
     return ReadOptions(max_images=max_images, fetcher=fetcher, strict=strict)

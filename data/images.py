@@ -1,9 +1,9 @@
 """Decoding images under limits, and resolving the ways a dataset refers to one.
 
 A reference is a file path relative to the dataset (never escaping its directory), a `data:`
-URL, an http(s) URL (fetched by `gemlora.data.remote` under the SSRF policy) or bytes embedded in a
-dataset. Every image is decoded and fully loaded here, so truncated or corrupt files are
-refused while reading, not in the middle of training.
+URL, an http(s) URL (fetched by `gemlora.data.safe_fetch` under the SSRF policy) or bytes
+embedded in a dataset. Every image is decoded and fully loaded here, so truncated or corrupt
+files are refused while reading, not in the middle of training.
 """
 
 from __future__ import annotations

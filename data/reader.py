@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Generic, NoReturn, TypeVar
 
+from gemlora.data.conversation_rules import check_messages, check_preference
 from gemlora.data.example import (
     DatasetError,
     Example,
@@ -39,8 +40,7 @@ from gemlora.data.formats import (
 from gemlora.data.images import ImageError, ImageLimits, ImageLoader, ImageRef, LoadedImage
 from gemlora.data.preference import PreferenceExample, preference_digest
 from gemlora.data.records import MB, Record, iter_records
-from gemlora.data.remote import ImageFetcher
-from gemlora.data.validate import check_messages, check_preference
+from gemlora.data.safe_fetch import ImageFetcher
 
 DETECTION_RECORDS = 50  # records looked at to tell the format
 Converter = Callable[[dict], Draft]

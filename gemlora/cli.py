@@ -1,12 +1,14 @@
-"""The `gemlora` command. Each package contributes one sub-command group from its own `cli.py`;
-this module only mounts them, so `gemlora --help` stays fast (torch loads on first use)."""
+"""The `gemlora` command. Each package contributes its sub-commands from its own CLI modules
+(`cli.py`; serve: `engine_cli.py`, `launcher.py`, `keys_cli.py`); this module only mounts them,
+so `gemlora --help` stays fast (torch loads on first use)."""
 
 import typer
 
 from gemlora.adapters.cli import app as adapters_app
 from gemlora.data.cli import app as data_app
-from gemlora.serve.cli import app as engine_app
-from gemlora.serve.gateway.cli import keys_app, serve_command
+from gemlora.serve.engine_cli import app as engine_app
+from gemlora.serve.keys_cli import app as keys_app
+from gemlora.serve.launcher import serve_command
 from gemlora.train.bases.cli import app as models_app
 from gemlora.train.cli import train_command, ui_command
 

@@ -26,8 +26,8 @@ END = "<!-- config-reference: end -->"
 
 def _configs() -> list[tuple[str, type[BaseModel]]]:
     from gemlora.bases import BaseSpec
+    from gemlora.serve.auth import KeysFile
     from gemlora.serve.config import ServeConfig
-    from gemlora.serve.gateway.auth import KeysFile
     from gemlora.train.config import TrainConfig
 
     return [

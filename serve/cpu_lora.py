@@ -35,6 +35,9 @@ from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
 QUALNAME = "gemlora.serve.cpu_lora.GroupedPunicaWrapperCPU"
 logger = logging.getLogger("gemlora.cpu_lora")
+# Logged once per engine process, by the first kernel call on a batch with adapted tokens: the
+# proof in the engine's log that LoRA requests ran through these kernels (tests read it).
+FIRST_USE = "LoRA on CPU: gemlora's grouped kernels ran on a batch with adapters"
 
 # Padded blocks are used while they hold at most this many rows per adapted token (or fewer than
 # PADDED_ROWS_ANYWAY rows): past that, the padding costs more than one matmul call per adapter.
@@ -218,24 +221,38 @@ class GroupedPunicaWrapperCPU(PunicaWrapperCPU):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._grouping = NO_ADAPTER  # until the first batch's metadata
+        self._used = False  # FIRST_USE logged
         logger.info("LoRA on CPU: %s, tokens grouped by adapter", type(self).__name__)
 
     def update_metadata(self, *args, **kwargs) -> None:
         super().update_metadata(*args, **kwargs)
         self._grouping = group_tokens(self.token_lora_indices)
 
+    def _kernel_grouping(self) -> Grouping:
+        """This step's grouping, for a kernel about to use it (logs FIRST_USE once)."""
+        grouping = self._grouping
+        if grouping.adapted and not self._used:
+            self._used = True
+            layout = (
+                "one adapter"
+                if grouping.rows is None
+                else ("padded blocks" if grouping.width else "sorted runs")
+            )
+            logger.info("%s (%s)", FIRST_USE, layout)
+        return grouping
+
     def add_lora_linear(
         self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, *, buffer=None, **kwargs
     ) -> None:
         flat_y, flat_x = y.view(-1, y.shape[-1]), x.view(-1, x.shape[-1])
-        grouping = self._grouping
+        grouping = self._kernel_grouping()
         add_lora(flat_y, flat_x, lora_a_stacked, lora_b_stacked, grouping, scale, output_slices)
 
     def _shrink(self, y, x, w_t_all, scale) -> None:
-        shrink(y, x, w_t_all, self._grouping, scale)
+        shrink(y, x, w_t_all, self._kernel_grouping(), scale)
 
     def _expand_slice(self, y, x, w_t_all, y_offset, y_slice_size, add_inputs) -> None:
-        expand(y, x, w_t_all, self._grouping, y_offset, y_slice_size, add_inputs)
+        expand(y, x, w_t_all, self._kernel_grouping(), y_offset, y_slice_size, add_inputs)
 
     def _expand(self, y, x, w_t_all, add_inputs) -> None:
         size = min(w_t_all.shape[-2], y.shape[-1])  # vLLM pads LoRA and model differently

@@ -8,8 +8,15 @@ request then costs what a warm one does.
 
 Every `refresh_s` the list is resolved again: a moved alias gets its new version loaded and
 pinned under a new LoRA id (a new id also keeps vLLM's prefix cache from mixing versions), and
-only then does the name route to it; the old version is removed one refresh later, once the
-requests it was serving have finished. Adapters newly matching a glob become hot the same way.
+only then does the name route to it. The old version is retired (removed from the engine) at
+a later refresh, and only once no request in the engine (waiting or running) uses its LoRA id;
+where the engine cannot be asked, after `RETIRE_GRACE_S`, longer than any request. Adapters newly
+matching a glob become hot the same way.
+
+Every pinned LoRA id holds a batch slot, retiring ones included, and vLLM fails a batch that
+needs a slot when all are pinned: at most `max_loras - 1` ids are pinned at once. A new version
+that finds no slot to pin is loaded unpinned (vLLM reloads it if evicted) and pinned at a later
+refresh, once retired versions have made room.
 
 Runs in vLLM's API server process, driven by the routing middleware's lifespan
 (`gemlora.serve.lora_routing`). Registry calls block, so they run in worker threads.
@@ -20,13 +27,18 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
+import time
 from dataclasses import dataclass, field
 
 from gemlora.adapters import AdapterError, AdapterSummary, ResolvedAdapter
+from gemlora.adapters.refs import split_ref
 
 logger = logging.getLogger("gemlora.hot_adapters")
 
 GLOB_CHARACTERS = frozenset("*?[")
+# Where the engine's in-flight requests cannot be counted: a retired version is removed after
+# this long, longer than any request (the gateway's upstream timeout is shorter).
+RETIRE_GRACE_S = 900.0
 
 
 class HotAdapterError(RuntimeError):
@@ -34,12 +46,7 @@ class HotAdapterError(RuntimeError):
 
 
 def is_glob(pattern: str) -> bool:
-    return any(character in GLOB_CHARACTERS for character in pattern_name(pattern))
-
-
-def pattern_name(pattern: str) -> str:
-    """The name part of `NAME`, `NAME@ALIAS` or `NAME/VERSION`."""
-    return pattern.split("@", 1)[0].split("/", 1)[0]
+    return any(character in GLOB_CHARACTERS for character in split_ref(pattern)[0])
 
 
 def expand(patterns: list[str], adapters: list[AdapterSummary]) -> list[str]:
@@ -50,8 +57,7 @@ def expand(patterns: list[str], adapters: list[AdapterSummary]) -> list[str]:
         if not is_glob(pattern):
             refs.append(pattern)
             continue
-        name_glob = pattern_name(pattern)
-        suffix = pattern[len(name_glob) :]
+        name_glob, suffix = split_ref(pattern)
         alias = suffix[1:] if suffix.startswith("@") else None
         for adapter in adapters:
             if fnmatch.fnmatchcase(adapter.name, name_glob) and (
@@ -72,7 +78,10 @@ class HotAdapters:
     max_loras: int
     serving_models: object = None
     loaded: dict[str, str] = field(default_factory=dict)  # model name -> version path
-    retiring: list[int] = field(default_factory=list)  # LoRA ids to remove next refresh
+    retiring: dict[int, float] = field(default_factory=dict)  # LoRA id -> when it was retired
+    pinned: set[int] = field(default_factory=set)  # LoRA ids pinned now (retiring ones too)
+    unpinned: list[int] = field(default_factory=list)  # current ids waiting for a slot to pin
+    retire_grace_s: float = RETIRE_GRACE_S
 
     def is_hot(self, model: str) -> bool:
         return model in self.loaded
@@ -82,10 +91,47 @@ class HotAdapters:
         self.serving_models = serving_models
         await self.refresh(strict=True)
 
+    def requests_using(self, lora_id: int) -> int | None:
+        """Requests in the engine (waiting or running) that use `lora_id`; None when this vLLM
+        does not let us count them."""
+        processor = getattr(self.serving_models.engine_client, "output_processor", None)
+        states = getattr(processor, "request_states", None)
+        if not isinstance(states, dict):
+            return None
+        return sum(
+            1
+            for state in list(states.values())
+            if getattr(getattr(state, "lora_request", None), "lora_int_id", None) == lora_id
+        )
+
+    async def retire_idle(self) -> None:
+        """Remove the retired versions no request uses any more (or, uncountable, past the
+        grace period); pin waiting new versions where that frees a slot."""
+        engine = self.serving_models.engine_client
+        for lora_id, retired_at in list(self.retiring.items()):
+            busy = self.requests_using(lora_id)
+            waited = time.monotonic() - retired_at
+            if busy or (busy is None and waited < self.retire_grace_s):
+                logger.debug("retired LoRA id %d kept: %s request(s) still use it", lora_id, busy)
+                continue
+            await engine.remove_lora(lora_id)
+            del self.retiring[lora_id]
+            self.pinned.discard(lora_id)
+            logger.info("retired LoRA id %d removed after %.1f s", lora_id, waited)
+        for lora_id in list(self.unpinned):
+            if not self._has_free_pin():
+                break
+            await engine.pin_lora(lora_id)
+            self.pinned.add(lora_id)
+            self.unpinned.remove(lora_id)
+            logger.info("LoRA id %d pinned", lora_id)
+
+    def _has_free_pin(self) -> bool:
+        # one slot always stays unpinned: vLLM fails a batch that finds every slot pinned
+        return len(self.pinned) < self.max_loras - 1
+
     async def refresh(self, strict: bool = False) -> None:
-        for lora_id in self.retiring:
-            await self.serving_models.engine_client.remove_lora(lora_id)
-        self.retiring = []
+        await self.retire_idle()
         refs = await self._refs(strict)
         if len(refs) >= self.max_loras:
             # Pinned adapters keep their batch slots: one must stay free for the others, and
@@ -135,15 +181,24 @@ class HotAdapters:
         request = LoRARequest(
             lora_name=ref, lora_int_id=models.lora_id_counter.inc(1), lora_path=str(adapter.path)
         )
+        lora_id = request.lora_int_id
         try:
             await models.engine_client.add_lora(request)
-            await models.engine_client.pin_lora(request.lora_int_id)
+            if self._has_free_pin():
+                await models.engine_client.pin_lora(lora_id)
+                self.pinned.add(lora_id)
+            else:
+                self.unpinned.append(lora_id)
+                logger.info("hot adapter %r loaded unpinned until a slot frees", ref)
         except Exception as error:  # vLLM raises plain exceptions for adapters it cannot load
             raise HotAdapterError(f"vLLM could not load {adapter.path}: {error}") from error
         async with models.lora_resolver_lock[ref]:
             previous = models.lora_requests.get(ref)
             models.lora_requests[ref] = request
         if previous is not None:
-            self.retiring.append(previous.lora_int_id)
+            self.retiring[previous.lora_int_id] = time.monotonic()
+            if previous.lora_int_id in self.unpinned:
+                self.unpinned.remove(previous.lora_int_id)
         self.loaded[ref] = str(adapter.path)
-        logger.info("hot adapter %r is %s, pinned (%s)", ref, adapter.version_ref, adapter.path)
+        state = "pinned" if lora_id in self.pinned else "not pinned yet"
+        logger.info("hot adapter %r is %s, %s (%s)", ref, adapter.version_ref, state, adapter.path)

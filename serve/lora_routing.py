@@ -13,6 +13,9 @@ process and sharing one `AdapterRouter` (configured by the launcher through an e
   not be loaded"), and a name whose alias moved is unloaded so vLLM resolves it again (vLLM
   keeps a resolved name forever otherwise).
 
+A name's first request is resolved once: the middleware keeps what it resolved in the request's
+context, and the resolver, which vLLM calls later in the same request, takes it from there.
+
 Registry calls block (HTTP to MLflow, downloads), so they run in worker threads.
 """
 
@@ -23,6 +26,7 @@ import functools
 import json
 import logging
 import os
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
@@ -37,15 +41,21 @@ from gemlora.adapters import (
     RegistryUnavailableError,
     ResolvedAdapter,
 )
+from gemlora.serve.engine_log import log_to_engine_log
 from gemlora.serve.errors import error_body
 from gemlora.serve.hot_adapters import HotAdapters
-from gemlora.serve.vllm_plugins import log_to_engine_log
 
 logger = logging.getLogger("gemlora.routing")
 
 ROUTING_ENV = "GEMLORA_ROUTING"
 ROUTED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 MIDDLEWARE = "gemlora.serve.lora_routing.AdapterRoutingMiddleware"
+
+# What the middleware resolved for the request in hand. uvicorn runs each request in a task of
+# its own, and a task has its own copy of the context: the value never reaches another request.
+_resolved_in_request: ContextVar[ResolvedAdapter | None] = ContextVar(
+    "gemlora_resolved_in_request", default=None
+)
 
 
 class RoutingConfig(BaseModel):
@@ -80,6 +90,20 @@ class AdapterRouter:
             vision_lora=self.vision_lora,
         )
 
+    async def resolve_for_request(self, ref: str) -> ResolvedAdapter:
+        """Resolve `ref` (in a worker thread: registry calls block) and keep the result for the
+        rest of this request."""
+        adapter = await asyncio.to_thread(self.resolve, ref)
+        _resolved_in_request.set(adapter)  # not in the thread: it runs in a copy of the context
+        return adapter
+
+    async def reuse_or_resolve(self, ref: str) -> ResolvedAdapter:
+        """What this request resolved `ref` to already, else a fresh resolution."""
+        adapter = _resolved_in_request.get()
+        if adapter is not None and adapter.ref == ref:
+            return adapter
+        return await asyncio.to_thread(self.resolve, ref)
+
 
 @functools.cache
 def router_from_env() -> AdapterRouter | None:
@@ -113,7 +137,7 @@ def _vllm_resolver_class():
 
         async def resolve_lora(self, base_model_name: str, lora_name: str):
             try:
-                adapter = await asyncio.to_thread(self.router.resolve, lora_name)
+                adapter = await self.router.reuse_or_resolve(lora_name)
             except AdapterError as error:
                 logger.warning("cannot serve %r: %s", lora_name, error)
                 return None
@@ -178,7 +202,7 @@ class AdapterRoutingMiddleware:
 
     async def _route(self, model: str, serving_models) -> tuple[int, dict] | None:
         try:
-            adapter = await asyncio.to_thread(self.router.resolve, model)
+            adapter = await self.router.resolve_for_request(model)
         except AdapterError as error:
             logger.warning("refused model %r: %s", model, error)
             return routing_error(error)

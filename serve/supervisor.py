@@ -2,10 +2,12 @@
 it started) is started again.
 
 vLLM's own server has no supervisor (an orchestrator restarts the pod). `gemlora serve` owns the
-processes, so it does better: a watcher thread notices one has exited, waits a backoff (doubling
-from `backoff_s` up to `max_backoff_s`), starts it again and waits until it is healthy; an
-engine's hot adapters load again as part of its start-up. After `max_restarts` restarts within
-`window_s` it gives up, says so in one log line, and leaves the gateway answering 503.
+processes, so it does better: a watcher thread notices one has exited, or, given a `probe`, has
+failed `probe_failures` probes in a row (a wedged process, a stuck GPU: alive, not answering;
+its process group is killed at once), waits a backoff (doubling from `backoff_s` up to
+`max_backoff_s`), starts it again and waits until it is healthy; an engine's hot adapters load
+again as part of its start-up. After `max_restarts` restarts within `window_s` it gives up,
+says so in one log line, and leaves the gateway answering 503.
 
 While the engine is down the gateway keeps running: requests get a 503 (`engine_unavailable`)
 with `Retry-After`, `/health` says why (`ProcessStatus.describe()`), and `/metrics` counts the
@@ -48,6 +50,18 @@ class RestartPolicy(BaseModel):
     )
     max_backoff_s: float = Field(default=30, ge=0, description="The longest wait.")
     poll_s: float = Field(default=0.5, gt=0, description="How often the processes are checked.")
+    probe_s: float = Field(
+        default=2, gt=0, description="How often a running engine's `/health` is probed."
+    )
+    probe_timeout_s: float = Field(
+        default=3, gt=0, description="A probe without an answer by then has failed."
+    )
+    probe_failures: int = Field(
+        default=3,
+        ge=1,
+        description="Failed probes in a row that make a running engine hung: its process group "
+        "is killed and restarted (the defaults find a stopped engine in 13-16 s).",
+    )
 
 
 @dataclass(frozen=True)
@@ -73,11 +87,13 @@ class Supervisor:
         start: Callable[[], object],
         policy: RestartPolicy | None = None,
         on_restart: Callable[[], None] = lambda: None,
+        probe: Callable[[object, float], bool] | None = None,
     ) -> None:
         self.name = name
         self._start = start
         self.policy = policy or RestartPolicy()
         self._on_restart = on_restart
+        self._probe = probe  # (child, timeout_s) -> answering; None: only exits are noticed
         self._stopping = threading.Event()
         self._restarts: deque[float] = deque()  # times of recent restarts
         self._startup_s = 60.0  # measured on the first start
@@ -109,12 +125,41 @@ class Supervisor:
     # --- the watcher ----------------------------------------------------------------------------
 
     def _watch(self) -> None:
+        failures, next_probe = 0, time.monotonic() + self.policy.probe_s
         while not self._stopping.wait(self.policy.poll_s):
             code = self.child.process.poll()
-            if code is None:
+            if code is not None:
+                reason = f"the {self.name} exited with code {code}"
+            elif self._probe is None or time.monotonic() < next_probe:
                 continue
-            if not self._restart_after(f"the {self.name} exited with code {code}"):
+            else:
+                failures = 0 if self._answers() else failures + 1
+                next_probe = time.monotonic() + self.policy.probe_s
+                if failures < self.policy.probe_failures:
+                    continue
+                reason = f"the {self.name} stopped answering ({failures} probes failed in a row)"
+            if code is None:
+                self._kill_hung(reason)
+            if not self._restart_after(reason):
                 return
+            failures, next_probe = 0, time.monotonic() + self.policy.probe_s
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self._probe(self.child, self.policy.probe_timeout_s))
+        except Exception:  # a probe that fails is a failed probe, never the watcher's end
+            return False
+
+    def _kill_hung(self, reason: str) -> None:
+        """Killed now, not after the backoff (and also when the policy gives up): the gateway
+        refuses new requests from this moment, and requests waiting on it end at once (their
+        connections close) instead of hanging until their clients give up."""
+        self.status = ProcessStatus("restarting", reason, self.status.restarts)
+        logger.warning("%s; killing it", reason)
+        try:
+            self.child.stop(timeout_s=0)
+        except Exception as error:
+            logger.warning("killing the hung %s: %s", self.name, error)
 
     def _restart_after(self, reason: str) -> bool:
         """Restart the child (as often as the policy allows); False once it gave up."""
@@ -134,12 +179,13 @@ class Supervisor:
             logger.warning("%s; restarting it in %.0f s (restart %d)", reason, wait, restarts)
             if self._stopping.wait(wait):
                 return False
-            self._on_restart()
             try:
+                self._on_restart()
                 self.child.stop(timeout_s=5)  # whatever is left of the old process group
                 self.child = self._start()
-            except (RuntimeError, TimeoutError) as error:
+            except Exception as error:  # any failure is retried: the watcher must not die
                 reason = f"the {self.name} failed to start again ({error})".splitlines()[0]
+                logger.warning("%s", reason)
                 continue
             self.status = ProcessStatus("up", restarts=restarts)
             logger.warning("the %s is back after restart %d", self.name, restarts)

@@ -7,20 +7,9 @@ functions must be cheap, idempotent and import nothing heavy from gemlora.
 import importlib.util
 import sys
 
+from gemlora.serve.engine_log import log_to_engine_log
+
 GEMMA3_IMAGE_PROCESSOR_MODULE = "transformers.models.gemma3.image_processing_gemma3"
-
-
-def log_to_engine_log() -> None:
-    """vLLM configures only its own loggers: gemlora's (routing, hot adapters, CPU LoRA) write
-    to stderr, which is the engine's log."""
-    import logging
-
-    root = logging.getLogger("gemlora")
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [%(name)s] %(message)s"))
-        root.addHandler(handler)
-        root.setLevel(logging.INFO)
 
 
 def install_cpu_image_processor_hook() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from gemlora.adapters import AdapterError
+from gemlora.run_events import CheckpointRegistered, CheckpointUnregistered
 
 
 class CheckpointRegistrar(TrainerCallback):
@@ -36,6 +37,6 @@ class CheckpointRegistrar(TrainerCallback):
                 alias=None,  # the run's alias is for its final adapter
             )
         except AdapterError as error:  # training goes on; the checkpoint stays on disk
-            self.progress.write("checkpoint_unregistered", step=step, error=str(error))
+            self.progress.write(CheckpointUnregistered(step=step, error=str(error)))
             return
-        self.progress.write("checkpoint_registered", step=step, name=self.name, version=version)
+        self.progress.write(CheckpointRegistered(step=step, name=self.name, version=version))

@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from gemlora.adapters.refs import validate_alias, validate_name
-from gemlora.adapters.verification import DEFAULT_TOLERANCE, PromotionRule
+from gemlora.adapters.verification_record import DEFAULT_TOLERANCE, PromotionRule
 from gemlora.bases import load_catalogue
 from gemlora.config import ConfigError as ConfigError  # re-exported: train.ConfigError
 from gemlora.config import apply_override, read_yaml_mapping, validate
@@ -384,9 +384,11 @@ class PromoteIf(Section):
     to: str = Field(default="champion", description="The alias to move.")
     higher_is_better: bool = Field(default=True, description="False for losses.")
     verification: PromotionRule = Field(
-        default="not_failed",
-        description="What the version's verification (`output.verify`) must be: `not_failed` "
-        "(passed, or never verified because no engine was reachable), `passed`, or `ignore`.",
+        default="passed",
+        description="What the version's verification (`output.verify`) must be: `passed` (the "
+        "engine check passed; unverified versions and checks that broke stay unpromoted), "
+        "`not_failed` (opt-in where no engine runs: passed, or never verified because no engine "
+        "was reachable; a failure or an error still blocks), or `ignore`.",
     )
 
     @field_validator("to")

@@ -25,17 +25,19 @@ from typing import TYPE_CHECKING
 import torch
 from trl import DPOConfig, DPOTrainer
 
+from gemlora import run_events
 from gemlora.data import PreferenceExample
 from gemlora.train.config import TrainConfig
 from gemlora.train.dataset import TrainingData
 from gemlora.train.init_adapter import trainable_model
 from gemlora.train.loss_head import fast_loss_head
-from gemlora.train.trainer import callbacks, trainer_arguments
+from gemlora.train.methods import TrainingMethod
+from gemlora.train.trainer_arguments import callbacks, trainer_arguments
 
 if TYPE_CHECKING:
+    from gemlora.rundir import ProgressLog
     from gemlora.train.init_adapter import InitAdapter
     from gemlora.train.model import LoadedBase
-    from gemlora.train.tracking import ProgressLog
 
 # TRL's per-pair metrics (means over the pairs of a batch), in MLflow as they are named here
 # and, on held-out pairs, with the `eval_` prefix.
@@ -82,45 +84,82 @@ def pair_means(metrics: dict[str, list[float]], pairs: list[int]) -> None:
             metrics[key] = [sum(v * n for v, n in zip(values, pairs, strict=True)) / sum(pairs)]
 
 
-def build_trainer(
-    config: TrainConfig,
-    loaded: LoadedBase,
-    data: TrainingData,
-    run_dir: Path,
-    progress: ProgressLog | None,
-    init: InitAdapter | None = None,
-):
-    """The run's `DPOTrainer`, checkpointing into `run_dir`; `progress` (main process only)
-    receives the MLflow/progress callback. `init`: the adapter to continue, else a new one."""
-    dpo = config.dpo
-    loss_types, loss_weights = dpo.loss_types()
-    args = DPOConfig(
-        **trainer_arguments(config, data, run_dir),
-        beta=dpo.beta,
-        loss_type=loss_types,
-        loss_weights=loss_weights,
-        label_smoothing=dpo.label_smoothing,
-        f_divergence_type=dpo.f_divergence_type,
-        f_alpha_divergence_coef=dpo.f_alpha_divergence_coef,
-        ld_alpha=dpo.ld_alpha,
-        use_weighting=dpo.use_weighting,
-        discopop_tau=dpo.discopop_tau,
-        disable_dropout=dpo.disable_dropout,
-        # Validated lengths: TRL would otherwise cut pairs at its default of 1,024 tokens.
-        max_length=None,
-        precompute_ref_log_probs=False,  # the reference is the adapter-less policy, per batch
-    )
-    model, peft_config = trainable_model(loaded, config.lora, init)
-    return GemloraDPOTrainer(
-        model=model,
-        ref_model=None,
-        args=args,
-        train_dataset=preference_dataset(data.train, loaded.multimodal),
-        eval_dataset=preference_dataset(data.eval, loaded.multimodal) if data.eval else None,
-        processing_class=loaded.processor,
-        peft_config=peft_config,
-        callbacks=callbacks(progress, config.training.early_stopping_patience),
-    )
+class DpoMethod(TrainingMethod):
+    name = "dpo"
+
+    def build_trainer(
+        self,
+        config: TrainConfig,
+        loaded: LoadedBase,
+        data: TrainingData,
+        run_dir: Path,
+        progress: ProgressLog | None,
+        init: InitAdapter | None = None,
+    ) -> GemloraDPOTrainer:
+        dpo = config.dpo
+        loss_types, loss_weights = dpo.loss_types()
+        args = DPOConfig(
+            **trainer_arguments(config, data, run_dir),
+            beta=dpo.beta,
+            loss_type=loss_types,
+            loss_weights=loss_weights,
+            label_smoothing=dpo.label_smoothing,
+            f_divergence_type=dpo.f_divergence_type,
+            f_alpha_divergence_coef=dpo.f_alpha_divergence_coef,
+            ld_alpha=dpo.ld_alpha,
+            use_weighting=dpo.use_weighting,
+            discopop_tau=dpo.discopop_tau,
+            disable_dropout=dpo.disable_dropout,
+            # Validated lengths: TRL would otherwise cut pairs at its default of 1,024 tokens.
+            max_length=None,
+            precompute_ref_log_probs=False,  # the reference is the adapter-less policy, per batch
+        )
+        model, peft_config = trainable_model(loaded, config.lora, init)
+        return GemloraDPOTrainer(
+            model=model,
+            ref_model=None,
+            args=args,
+            train_dataset=preference_dataset(data.train, loaded.multimodal),
+            eval_dataset=preference_dataset(data.eval, loaded.multimodal) if data.eval else None,
+            processing_class=loaded.processor,
+            peft_config=peft_config,
+            callbacks=callbacks(progress, config.training.early_stopping_patience),
+        )
+
+    def held_out_scores(
+        self,
+        config: TrainConfig,
+        trainer,
+        loaded: LoadedBase,
+        data: TrainingData,
+        progress: ProgressLog,
+    ) -> dict[str, float]:
+        """TRL's eval on the held-out pairs (`eval_loss`, `eval_rewards/*`, logged by the callback),
+        then the log-prob margins of base and adapter on up to `eval.margin_pairs` of them. The
+        scores (registry tags, `promote_if`): `eval_loss`, `eval_rewards_accuracy`,
+        `eval_rewards_margin`, `logp_margin`, `base_logp_margin`."""
+        import mlflow
+
+        metrics = trainer.evaluate()
+        scores = {
+            "eval_loss": metrics["eval_loss"],
+            "eval_rewards_accuracy": metrics["eval_rewards/accuracies"],
+            "eval_rewards_margin": metrics["eval_rewards/margins"],
+        }
+        count = min(len(data.eval), config.eval.margin_pairs)
+        if not count:
+            return scores
+        report = logp_margins(trainer, data.eval[:count])
+        margins = report.scores()
+        step = trainer.state.global_step
+        names = {
+            "base_logp_margin": "eval_base_logp_margin",
+            "logp_margin": "eval_adapter_logp_margin",
+        }
+        mlflow.log_metrics({names[score]: value for score, value in margins.items()}, step=step)
+        mlflow.log_table(report.table(), artifact_file="eval/margins.json")
+        progress.write(run_events.MarginEval(step=step, pairs=count, **margins))
+        return scores | margins
 
 
 def preference_dataset(pairs: list[PreferenceExample], multimodal: bool):
@@ -137,34 +176,6 @@ def preference_dataset(pairs: list[PreferenceExample], multimodal: bool):
         features["images"] = List(Image())
         rows = [{"images": []} | row for row in rows]
     return Dataset.from_list(rows, features=Features(features))
-
-
-def held_out_scores(
-    config: TrainConfig, trainer, loaded: LoadedBase, data: TrainingData, progress: ProgressLog
-) -> dict[str, float]:
-    """TRL's eval on the held-out pairs (`eval_loss`, `eval_rewards/*`, logged by the callback),
-    then the log-prob margins of base and adapter on up to `eval.margin_pairs` of them. The
-    scores (registry tags, `promote_if`): `eval_loss`, `eval_rewards_accuracy`,
-    `eval_rewards_margin`, `logp_margin`, `base_logp_margin`."""
-    import mlflow
-
-    metrics = trainer.evaluate()
-    scores = {
-        "eval_loss": metrics["eval_loss"],
-        "eval_rewards_accuracy": metrics["eval_rewards/accuracies"],
-        "eval_rewards_margin": metrics["eval_rewards/margins"],
-    }
-    count = min(len(data.eval), config.eval.margin_pairs)
-    if not count:
-        return scores
-    report = logp_margins(trainer, data.eval[:count])
-    margins = report.scores()
-    step = trainer.state.global_step
-    names = {"base_logp_margin": "eval_base_logp_margin", "logp_margin": "eval_adapter_logp_margin"}
-    mlflow.log_metrics({names[score]: value for score, value in margins.items()}, step=step)
-    mlflow.log_table(report.table(), artifact_file="eval/margins.json")
-    progress.write("margin_eval", step=step, pairs=count, **margins)
-    return scores | margins
 
 
 # --- log-probability margins --------------------------------------------------------------------

@@ -7,12 +7,13 @@
       -> held-out scores (eval loss; DPO: rewards, log-prob margins), generation eval
          (base vs adapter) -> adapter registered in the MLflow registry
 
-The method (`_method`) is the one place where supervised and DPO runs part.
+The training method (`gemlora.train.methods`) is the one place where supervised and DPO runs
+part.
 
 Everything a run writes goes to its run directory:
 
-    run.json          MLflow run id and resolved config: what `--resume` continues
-    progress.jsonl    events for programs (see `gemlora.train.tracking`)
+    run.json          status, MLflow run id and resolved config: what `--resume` continues
+    progress.jsonl    typed events for programs (`gemlora.run_events`)
     config.yaml       the resolved config (also an MLflow artifact)
     data-report.json  the data validation report (also an MLflow artifact)
     checkpoints/      Trainer checkpoints
@@ -26,8 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
-import json
 import os
 import signal
 import sys
@@ -43,19 +42,42 @@ import yaml
 
 from gemlora.bases import BaseSpec, resolve_base
 from gemlora.paths import gemlora_home
+from gemlora.run_events import (
+    BestCheckpoint,
+    Cancelled,
+    Failed,
+    Finished,
+    GenerationEval,
+    Paused,
+    ProgressEvent,
+    Promotion,
+    Registered,
+    RegistryUnavailable,
+    Start,
+    VerificationError,
+)
 from gemlora.rundir import (
     ADAPTER_DIR,
-    PROGRESS_FILE,
     RUN_FILE,
+    ProgressLog,
     last_checkpoint,
+    last_checkpoint_step,
     read_state,
+    update_state,
 )
+from gemlora.signals import listen_for_pause
 from gemlora.train.config import ConfigError, TrainConfig, parse_config
 from gemlora.train.dataset import TrainingData, load_training_data
-from gemlora.train.pause import PauseOnSignal, TrainingPaused
+from gemlora.train.methods import TrainingMethod, training_method
+from gemlora.train.pause import (
+    PauseOnRequest,
+    TrainingPaused,
+    forget_pause_request,
+    pause_if_requested,
+)
 
 if TYPE_CHECKING:
-    from gemlora.adapters.verification import Verification
+    from gemlora.adapters.verification_record import Verification
     from gemlora.train.init_adapter import InitAdapter
 
 
@@ -88,36 +110,35 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> TrainResult | 
 
     Under `accelerate launch` or `torchrun` every process calls this; the main one returns the
     result, the others (which only train and evaluate their share) return None."""
+    if threading.current_thread() is threading.main_thread():
+        listen_for_pause()  # from the start: a pause while data and model load is kept
     if not is_main_process():
         _follow(config, resume)
         return None
     run_dir = resume_dir(config) if resume else new_run_dir(config)
-    progress = _progress_log(run_dir)
+    progress = ProgressLog.of(run_dir)
     with sigterm_cancels() as finish:
         try:
             result = _run(config, run_dir, resume, progress, finish)
         except TrainingPaused as paused:
             # SCHEDULED: the MLflow run is to continue; `--resume` reopens it.
-            _write_state(run_dir, status="paused")
-            _end(progress, "paused", "SCHEDULED", step=paused.step)
+            forget_pause_request(run_dir)
+            _end(run_dir, progress, Paused(step=paused.step), "SCHEDULED")
             raise
         except (TrainingCancelled, KeyboardInterrupt) as stop:
-            _end(progress, "cancelled", "KILLED", reason=str(stop) or "interrupted")
+            _end(run_dir, progress, Cancelled(reason=str(stop) or "interrupted"), "KILLED")
             raise
         except BaseException as error:
-            _end(progress, "failed", "FAILED", error=f"{type(error).__name__}: {error}")
+            _end(run_dir, progress, Failed(error=f"{type(error).__name__}: {error}"), "FAILED")
             raise
-        _write_state(run_dir, status="finished", version=result.version)
-        _end(
-            progress,
-            "finished",
-            "FINISHED",
+        finished = Finished(
             run_id=result.run_id,
             name=result.name,
             version=result.version,
             step=result.global_step,
             eval_scores=result.eval_scores,
         )
+        _end(run_dir, progress, finished, "FINISHED", version=result.version)
     return result
 
 
@@ -125,7 +146,7 @@ def _run(
     config: TrainConfig,
     run_dir: Path,
     resume: bool,
-    progress,
+    progress: ProgressLog,
     finish: Callable[[], None],
 ) -> TrainResult:
     from gemlora.train.tracking import check_reachable
@@ -138,18 +159,16 @@ def _run(
     init = _init_adapter(config, run_dir, spec, tracking_uri)
 
     run_id = _start_mlflow_run(config, run_dir, data, spec, resume, init)
-    progress.write("start", run_id=run_id, run_dir=str(run_dir), resumed=resume)
-    method = _method(config)
+    progress.write(Start(run_id=run_id, run_dir=str(run_dir), resumed=resume))
+    pause_if_requested(run_dir, _start_step(run_dir, resume))
+    method = training_method(config.method)
     loaded = _load(config, spec)
     trainer = method.build_trainer(config, loaded, data, run_dir, progress, init)
+    pause_if_requested(run_dir, _start_step(run_dir, resume))
     if config.output.register_adapter and config.output.register_checkpoints:
         metadata = functools.partial(adapter_metadata, config, loaded, data, init, run_dir)
         _register_checkpoints(config, trainer, tracking_uri, run_id, metadata, progress)
-    pause = PauseOnSignal()
-    trainer.add_callback(pause)
-    _train(trainer, run_dir, resume)
-    if pause.paused(trainer.state):
-        raise TrainingPaused(trainer.state.global_step)
+    _train_unless_paused(trainer, run_dir, resume)
     best_step = _note_best_checkpoint(config, trainer, progress)
 
     adapter_dir = run_dir / ADAPTER_DIR
@@ -177,11 +196,11 @@ def _run(
             adapter_dir,
         )
         finish()  # registered: from here on the run completes, SIGTERM or not
-        progress.write("registered", name=result.name, version=result.version)
+        progress.write(Registered(name=result.name, version=result.version))
         result.verification = _verify(config, registry, result.version, data, progress)
         result.promoted = _promote(config, registry, result.version)
         if result.promoted is not None:
-            progress.write("promotion", to=config.output.promote_if.to, moved=result.promoted)
+            progress.write(Promotion(to=config.output.promote_if.to, moved=result.promoted))
     return result
 
 
@@ -205,27 +224,27 @@ def _follow(config: TrainConfig, resume: bool) -> None:
     spec = resolve_base(config.base.model)
     data = load_training_data(config.data, config.base.model, config.method)
     init = _init_adapter(config, run_dir, spec, config.output.resolved_tracking_uri())
-    trainer = _method(config).build_trainer(config, _load(config, spec), data, run_dir, None, init)
-    _train(trainer, run_dir, resume)
+    method = training_method(config.method)
+    trainer = method.build_trainer(config, _load(config, spec), data, run_dir, None, init)
+    _train_unless_paused(trainer, run_dir, resume)
     if data.eval:
         trainer.evaluate()
 
 
-# The module of each method, with `build_trainer(config, loaded, data, run_dir, progress, init)`
-# and `held_out_scores(config, trainer, loaded, data, progress)`.
-METHODS = {"supervised": "gemlora.train.trainer", "dpo": "gemlora.train.dpo"}
-
-
-def _method(config: TrainConfig):
-    """Where supervised and DPO runs part: how the trainer is built and what the held-out
-    set is scored by. Imports torch and TRL."""
-    return importlib.import_module(METHODS[config.method])
-
-
-def _train(trainer, run_dir: Path, resume: bool) -> None:
-    """From the newest complete checkpoint when resuming, else from the start."""
+def _train_unless_paused(trainer, run_dir: Path, resume: bool) -> None:
+    """Train from the newest complete checkpoint when resuming, else from the start; raises
+    `TrainingPaused` when a pause stopped it (every process at the same step)."""
+    pause = PauseOnRequest(run_dir)
+    trainer.add_callback(pause)
     checkpoint = last_checkpoint(run_dir) if resume else None
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if pause.paused(trainer.state):
+        raise TrainingPaused(trainer.state.global_step)
+
+
+def _start_step(run_dir: Path, resume: bool) -> int:
+    """The step training starts from: its checkpoint's when resuming, else 0."""
+    return last_checkpoint_step(run_dir) if resume else 0
 
 
 def _register_checkpoints(config, trainer, tracking_uri, run_id, metadata, progress) -> None:
@@ -236,7 +255,7 @@ def _register_checkpoints(config, trainer, tracking_uri, run_id, metadata, progr
     trainer.add_callback(CheckpointRegistrar(registry, name, run_id, metadata, progress))
 
 
-def _note_best_checkpoint(config: TrainConfig, trainer, progress) -> int | None:
+def _note_best_checkpoint(config: TrainConfig, trainer, progress: ProgressLog) -> int | None:
     """With early stopping the Trainer has loaded the best checkpoint (by eval loss): say which
     step it was, in the progress log and on the MLflow run."""
     if config.training.early_stopping_patience is None:
@@ -245,13 +264,13 @@ def _note_best_checkpoint(config: TrainConfig, trainer, progress) -> int | None:
 
     state = trainer.state
     stopped = state.global_step < state.max_steps
-    progress.write(
-        "best_checkpoint",
+    best = BestCheckpoint(
         step=state.best_global_step,
         eval_loss=state.best_metric,
         stopped_at=state.global_step,
         stopped_early=stopped,
     )
+    progress.write(best)
     mlflow.set_tag("gemlora.best_step", str(state.best_global_step))
     return state.best_global_step
 
@@ -275,7 +294,8 @@ def new_run_dir(config: TrainConfig) -> Path:
     directory under $GEMLORA_HOME/runs/<name>/."""
     if config.output.dir is not None or world_size() > 1:
         run_dir = _shared_run_dir(config)
-        if (read_state(run_dir) or {}).get("run_id"):
+        state = read_state(run_dir)
+        if state is not None and state.run_id:
             raise RunDirError(
                 f"{run_dir} already holds a run: pass --resume to continue it, or choose "
                 "another output.dir"
@@ -284,7 +304,7 @@ def new_run_dir(config: TrainConfig) -> Path:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
         run_dir = _runs_of(config) / stamp
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_state(run_dir, config=config.model_dump(mode="json"), status="created")
+    update_state(run_dir, config=config.model_dump(mode="json"), status="created")
     return run_dir
 
 
@@ -301,14 +321,14 @@ def resume_dir(config: TrainConfig) -> Path:
     state = read_state(run_dir)
     if state is None:
         raise RunDirError(f"no run to resume in {run_dir} (no {RUN_FILE})")
-    if state.get("status") == "finished":
+    if state.status == "finished":
         raise RunDirError(
-            f"the run in {run_dir} already finished (version {state.get('version')}): start a "
+            f"the run in {run_dir} already finished (version {state.version}): start a "
             "new run instead of --resume"
         )
-    if "config" not in state:
+    if state.config is None:
         raise RunDirError(f"{run_dir / RUN_FILE} has no config to resume with")
-    changed = _changed_fields(parse_config(state["config"]), config)
+    changed = _changed_fields(parse_config(state.config), config)
     if changed:
         raise RunDirError(
             f"cannot resume the run in {run_dir} with a different config (changed: "
@@ -321,22 +341,9 @@ def _runs_of(config: TrainConfig) -> Path:
     return gemlora_home() / "runs" / config.output.name
 
 
-def _write_state(run_dir: Path, **changes) -> None:
-    state = (read_state(run_dir) or {}) | changes
-    path = run_dir / RUN_FILE
-    path.with_suffix(".tmp").write_text(json.dumps(state, indent=2) + "\n")
-    path.with_suffix(".tmp").replace(path)  # never a half-written run.json
-
-
 def _changed_fields(before: TrainConfig, now: TrainConfig) -> list[str]:
     old, new = before.flat(), now.flat()
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-
-
-def _progress_log(run_dir: Path):
-    from gemlora.train.tracking import ProgressLog
-
-    return ProgressLog(run_dir / PROGRESS_FILE)
 
 
 # --- stopping ---------------------------------------------------------------------------------
@@ -361,12 +368,16 @@ def sigterm_cancels() -> Iterator[Callable[[], None]]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _end(progress, event: str, status: str, **fields) -> None:
-    """Close the MLflow run, if one was started, with `status`; record `event`."""
+def _end(
+    run_dir: Path, progress: ProgressLog, event: ProgressEvent, mlflow_status: str, **state
+) -> None:
+    """Close the MLflow run, if one was started, with `mlflow_status`; record how the run ended
+    in run.json and as its last progress event."""
     mlflow = sys.modules.get("mlflow")  # not imported: no run was started
     if mlflow is not None and mlflow.active_run() is not None:
-        mlflow.end_run(status)
-    progress.write(event, **fields)
+        mlflow.end_run(mlflow_status)
+    update_state(run_dir, status=event.event, **state)
+    progress.write(event)
 
 
 # --- MLflow -----------------------------------------------------------------------------------
@@ -393,9 +404,11 @@ def _start_mlflow_run(
     mlflow.set_tracking_uri(config.output.resolved_tracking_uri())
     mlflow.set_system_metrics_sampling_interval(config.output.system_metrics_interval_s)
     mlflow.set_system_metrics_samples_before_logging(1)
-    run_id = (read_state(run_dir) or {}).get("run_id")
-    if resume and run_id:
-        return mlflow.start_run(run_id=run_id, log_system_metrics=True).info.run_id
+    state = read_state(run_dir)
+    if resume and state is not None and state.run_id:
+        run = mlflow.start_run(run_id=state.run_id, log_system_metrics=True)
+        update_state(run_dir, status="running")
+        return run.info.run_id
 
     mlflow.set_experiment(config.output.experiment)
     revision = config.base.revision or spec.revision
@@ -404,7 +417,7 @@ def _start_mlflow_run(
         tags |= parent_tags(init.parent, init.run_id)
     tags |= config.output.tags
     run = mlflow.start_run(run_name=config.output.run_name, tags=tags, log_system_metrics=True)
-    _write_state(run_dir, run_id=run.info.run_id, status="running")
+    update_state(run_dir, run_id=run.info.run_id, status="running")
 
     mlflow.log_params(config.flat() | _resolved_params(config, data, spec, init))
     _log_datasets(config, data)
@@ -477,17 +490,25 @@ def _init_adapter(
         return None
     from gemlora.train.init_adapter import resolve_init_adapter
 
-    ref = (read_state(run_dir) or {}).get("init_adapter") or config.base.init_adapter
+    state = read_state(run_dir)
+    ref = (state.init_adapter if state else None) or config.base.init_adapter
     init = resolve_init_adapter(ref, spec, tracking_uri)
     if is_main_process():
-        _write_state(run_dir, init_adapter=init.parent)
+        update_state(run_dir, init_adapter=init.parent)
     return init
 
 
 # --- evaluation -------------------------------------------------------------------------------
 
 
-def _evaluate(config: TrainConfig, method, trainer, loaded, data: TrainingData, progress) -> dict:
+def _evaluate(
+    config: TrainConfig,
+    method: TrainingMethod,
+    trainer,
+    loaded,
+    data: TrainingData,
+    progress: ProgressLog,
+) -> dict[str, float]:
     """The method's held-out scores (eval loss; DPO: rewards, log-prob margins), then the
     generation eval, logged side by side; returns the scores that become the adapter's eval
     tags."""
@@ -517,7 +538,7 @@ def _evaluate(config: TrainConfig, method, trainer, loaded, data: TrainingData, 
     step = trainer.state.global_step
     mlflow.log_metrics({_metric_name(k): v for k, v in generation.items()}, step=step)
     mlflow.log_table(report.table(), artifact_file="eval/generations.json")
-    progress.write("generation_eval", step=step, examples=count, **generation)
+    progress.write(GenerationEval(step=step, examples=count, scores=generation))
     return scores | generation
 
 
@@ -610,7 +631,9 @@ def adapter_metadata(
     )
 
 
-def register_with_retry(register: Callable[[], int], window_s: float, progress, adapter_dir):
+def register_with_retry(
+    register: Callable[[], int], window_s: float, progress: ProgressLog, adapter_dir: Path
+) -> int:
     """`register()`, retried with backoff while MLflow is unreachable, for up to `window_s`:
     the adapter took the whole run to train, and an outage is usually shorter than that."""
     from gemlora.adapters import RegistryUnavailableError
@@ -625,21 +648,27 @@ def register_with_retry(register: Callable[[], int], window_s: float, progress, 
                     f"{error} Gave up registering after {window_s:.0f} s "
                     f"(output.register_retry_s); the trained adapter is kept in {adapter_dir}."
                 ) from None
-            progress.write("registry_unavailable", retry_in_s=delay, error=str(error))
+            progress.write(RegistryUnavailable(retry_in_s=delay, error=str(error)))
             time.sleep(delay)
             delay = min(2 * delay, 30.0)
 
 
-def _verify(config: TrainConfig, registry, version: int, data: TrainingData, progress):
-    """Verify the version on a running engine; a check that cannot run leaves it unverified
-    (the adapter is registered either way)."""
-    from gemlora.adapters import AdapterError
-    from gemlora.train.verification import verify_registered
+def _verify(
+    config: TrainConfig, registry, version: int, data: TrainingData, progress: ProgressLog
+) -> Verification | None:
+    """Verify the version on a running engine (the adapter is registered either way). No engine
+    of the base reachable: it stays unverified. Any exception inside the check is recorded on
+    the version as `error` with its reason, never taken for unverified: the default promotion
+    rule (`passed`) refuses both, and `not_failed` still refuses the error."""
+    from gemlora.adapters.fidelity_check import record_error
+    from gemlora.train.verify_versions import verify_registered
 
     try:
         return verify_registered(config, registry, version, data, progress)
-    except (AdapterError, OSError, ValueError) as error:
-        progress.write("unverified", reason=f"{type(error).__name__}: {error}")
+    except Exception as error:
+        reason = f"{type(error).__name__}: {error}"
+        recorded = record_error(registry, config.output.name, version, reason)
+        progress.write(VerificationError(version=version, reason=reason, recorded=recorded))
         return None
 
 

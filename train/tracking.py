@@ -1,45 +1,23 @@
-"""What a run reports while it trains: MLflow metrics and `progress.jsonl`.
-
-`progress.jsonl` in the run directory is for programs (the fine-tuning jobs API): one JSON
-object per line, each with `time` and `event` (`start`, `train_begin`, `log`, `eval`,
-`checkpoint`, `train_end`, `margin_eval` (DPO), `generation_eval`, `registered`, and finally
-`finished`, `cancelled` or `failed`), plus `step` and the metrics where they apply. A DPO run's
-`log` and `eval` events carry TRL's `rewards/chosen`, `rewards/rejected`, `rewards/margins`,
-`rewards/accuracies` (`eval_`-prefixed on held-out pairs), as MLflow does.
+"""What a run reports while it trains: MLflow metrics, and the same as typed events in the run's
+`progress.jsonl` (`gemlora.rundir.ProgressLog`, events in `gemlora.run_events`), for programs
+such as the fine-tuning jobs API. A DPO run's `log` and `eval` events carry TRL's
+`rewards/chosen`, `rewards/rejected`, `rewards/margins`, `rewards/accuracies` (`eval_`-prefixed
+on held-out pairs), as MLflow does.
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 from transformers import TrainerCallback
 
 from gemlora.paths import REPO_ROOT
+from gemlora.run_events import Checkpoint, Eval, Log, TrainBegin, TrainEnd
+from gemlora.rundir import ProgressLog
 
 TAG_PREFIX = "gemlora."
-
-
-class ProgressLog:
-    """Appends events to `progress.jsonl`, one flushed line each."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def write(self, event: str, **fields: Any) -> None:
-        record = {"time": round(time.time(), 3), "event": event, **fields}
-        with self.path.open("a") as f:
-            f.write(json.dumps(record, default=str) + "\n")
-
-    def read(self) -> list[dict]:
-        """Every complete event; a line still being written (no newline yet) is left out."""
-        if not self.path.is_file():
-            return []
-        complete, _, _partial = self.path.read_text().rpartition("\n")
-        return [json.loads(line) for line in complete.splitlines() if line]
 
 
 class MlflowProgressCallback(TrainerCallback):
@@ -51,7 +29,7 @@ class MlflowProgressCallback(TrainerCallback):
         self._last_tokens: tuple[float, float] | None = None  # (time, tokens seen)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.progress.write("train_begin", step=state.global_step, max_steps=state.max_steps)
+        self.progress.write(TrainBegin(step=state.global_step, max_steps=state.max_steps))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         import mlflow
@@ -60,15 +38,17 @@ class MlflowProgressCallback(TrainerCallback):
         if "num_tokens" in metrics:
             metrics |= self._throughput(metrics["num_tokens"])
         mlflow.log_metrics(metrics, step=state.global_step)
-        event = "eval" if any(k.startswith("eval_") for k in metrics) else "log"
-        self.progress.write(event, step=state.global_step, max_steps=state.max_steps, **metrics)
+        event = Eval if any(k.startswith("eval_") for k in metrics) else Log
+        self.progress.write(
+            event(step=state.global_step, max_steps=state.max_steps, metrics=metrics)
+        )
 
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        self.progress.write("checkpoint", step=state.global_step, path=str(path))
+        self.progress.write(Checkpoint(step=state.global_step, path=str(path)))
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.progress.write("train_end", step=state.global_step, max_steps=state.max_steps)
+        self.progress.write(TrainEnd(step=state.global_step, max_steps=state.max_steps))
 
     def _throughput(self, tokens: float) -> dict[str, float]:
         now, last = time.monotonic(), self._last_tokens

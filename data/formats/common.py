@@ -7,9 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gemlora.data.conversation_rules import MessageFields
 from gemlora.data.example import ImagePart, Issue, Message, Part, Role, TextPart
 from gemlora.data.images import ImageRef
-from gemlora.data.validate import MessageFields
 
 DatasetFormat = Literal["openai", "hf", "sharegpt"]
 FORMATS: tuple[DatasetFormat, ...] = ("openai", "hf", "sharegpt")

@@ -8,6 +8,7 @@ string becomes the system message.
 
 from __future__ import annotations
 
+from gemlora.data.conversation_rules import MessageFields
 from gemlora.data.example import Part, Role
 from gemlora.data.formats.common import (
     MISSING,
@@ -20,7 +21,6 @@ from gemlora.data.formats.common import (
     text_parts,
 )
 from gemlora.data.images import ImageRef
-from gemlora.data.validate import MessageFields
 
 PLACEHOLDER = "<image>"
 ROLES: dict[str, Role] = {

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -33,17 +32,16 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gemlora.adapters import AdapterRegistry
-from gemlora.data.remote import Resolver
-from gemlora.serve.errors import error_body
-from gemlora.serve.gateway.auth import ApiKey, Authenticator, load_keys
+from gemlora.adapters import AdapterRegistry, InvalidRefError, parse_ref
+from gemlora.data.safe_fetch import Resolver
+from gemlora.serve.auth import ApiKey, Authenticator, load_keys
+from gemlora.serve.errors import GatewayError, error_body, validation_error
 from gemlora.serve.gateway.config import GatewayConfig
-from gemlora.serve.gateway.errors import GatewayError, validation_error
 from gemlora.serve.gateway.images import ImageConverter
 from gemlora.serve.gateway.metrics import GatewayMetrics
 from gemlora.serve.gateway.models import ModelCatalog
 from gemlora.serve.gateway.schema import ChatCompletionRequest, StreamOptions
-from gemlora.serve.gateway.upstream import EngineClient, UpstreamStream
+from gemlora.serve.gateway.upstream import RETRY_AFTER_S, EngineClient, UpstreamStream
 from gemlora.serve.jobs import JobsConfig, JobsContext, mount_jobs
 from gemlora.serve.supervisor import ProcessStatus
 
@@ -222,12 +220,13 @@ class Gateway:
             self.auth.check_rate(key)
             chat = self._parse(await self._read_body(request))
             exchange.model, exchange.stream = chat.model, chat.stream
-            name = self.adapter_name(chat.model)
+            name = self.registry_name(chat.model)
             self.auth.check_model(key, chat.model, name)
             exchange.adapter = name  # a metrics label only once the key may use it
             exchange.images = await self.images.convert(chat.messages)
             wants_usage = chat.wants_usage_chunk  # before the payload asks for it anyway
             payload = self._upstream_payload(chat)
+            self._check_engine()
             if chat.stream:
                 return await self._stream(request, payload, wants_usage, exchange)
             return await self._complete(request, payload, exchange)
@@ -238,11 +237,16 @@ class Gateway:
             error = GatewayError(500, "internal error in the gateway", code="internal_error")
             return self._refuse(error, exchange)
 
-    def adapter_name(self, model: str) -> str:
-        """What key patterns and metrics see: the base's name, or the adapter's NAME."""
+    def registry_name(self, model: str) -> str:
+        """What key patterns and metrics see: an adapter reference's registry NAME
+        (`team-a-bot@champion` -> `team-a-bot`), or the base's served name. A reference that
+        cannot name an adapter is refused here, as the engine would refuse it."""
         if model == self.served_name:
             return model
-        return re.split(r"[@/]", model, maxsplit=1)[0]
+        try:
+            return parse_ref(model).name
+        except InvalidRefError as error:
+            raise GatewayError(404, str(error), param="model", code="model_not_found") from None
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.config.max_body_bytes
@@ -292,6 +296,27 @@ class Gateway:
             chat.stream_options = StreamOptions(include_usage=True)
         return chat.model_dump_json(exclude_unset=True).encode()
 
+    def _check_engine(self) -> None:
+        """A 503 at once while the supervisor knows the engine is down or hung, rather than a
+        request that waits on it until its client gives up."""
+        supervised = self.settings.engine_status
+        if supervised is None or (status := supervised()).state == "up":
+            return
+        raise GatewayError(
+            503,
+            f"the engine is unavailable ({status.describe()}); retry later",
+            code="engine_unavailable",
+            headers={"Retry-After": str(status.retry_after_s)},
+        )
+
+    def _answer_headers(self, status: int, exchange: Exchange) -> dict[str, str]:
+        """A 503 from the engine (e.g. `registry_unavailable`: MLflow is down) tells the client
+        when to try again, as the gateway's own 503s do."""
+        headers = {"X-Request-Id": exchange.request_id}
+        if status == 503:
+            headers["Retry-After"] = str(RETRY_AFTER_S)
+        return headers
+
     def _headers(self, exchange: Exchange) -> dict[str, str]:
         return {"Content-Type": "application/json", "X-Request-Id": exchange.request_id}
 
@@ -321,7 +346,7 @@ class Gateway:
             body,
             status_code=status,
             media_type="application/json",
-            headers={"X-Request-Id": exchange.request_id},
+            headers=self._answer_headers(status, exchange),
             background=BackgroundTask(self._record_after, exchange),  # after the answer is sent
         )
 
@@ -338,7 +363,7 @@ class Gateway:
                 body,
                 status_code=upstream.status,
                 media_type="application/json",
-                headers={"X-Request-Id": exchange.request_id},
+                headers=self._answer_headers(upstream.status, exchange),
             )
         exchange.status = 200
 

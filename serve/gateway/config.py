@@ -17,9 +17,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gemlora.data.remote import FetchPolicy
-
-KEYS_ENV = "GEMLORA_API_KEYS"
+from gemlora.data.safe_fetch import FetchPolicy
+from gemlora.serve.auth import KEYS_ENV
 
 
 class SamplingDefaults(BaseModel):

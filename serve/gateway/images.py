@@ -1,8 +1,9 @@
 """Images in a chat request become data URLs before the engine sees them.
 
 - `data:` URLs are decoded and checked (format, bytes, pixels) and passed on as they are;
-- http(s) URLs are fetched here by `gemlora.data.remote.ImageFetcher` under the deployment's SSRF
-  policy and passed on as data URLs, so the engine never opens a connection for an image;
+- http(s) URLs are fetched here by `gemlora.data.safe_fetch.ImageFetcher` under the
+  deployment's SSRF policy and passed on as data URLs, so the engine never opens a connection
+  for an image;
 - any other scheme (`file:`, `ftp:`, ...) is refused;
 - the hosted reference's inline form, `<img src="data:image/png;base64,..." />` inside a user
   message's text, is first turned into an image part.
@@ -17,9 +18,9 @@ import re
 from dataclasses import dataclass
 
 from gemlora.data.images import ImageError, data_url, decode_data_url
-from gemlora.data.remote import ImageFetcher, Resolver, system_resolver
+from gemlora.data.safe_fetch import ImageFetcher, Resolver, system_resolver
+from gemlora.serve.errors import GatewayError
 from gemlora.serve.gateway.config import ImagePolicy
-from gemlora.serve.gateway.errors import GatewayError
 from gemlora.serve.gateway.schema import ContentPart, Message
 
 INLINE_IMAGE = re.compile(r"""<img\s+src\s*=\s*["']([^"']*)["']\s*/?>""", re.IGNORECASE)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from gemlora.adapters import AdapterDetails, AdapterError, AdapterRegistry
 from gemlora.adapters.compat import lookup_base
-from gemlora.adapters.verification import summary as verified
+from gemlora.adapters.verification_record import summary as verified
 
 logger = logging.getLogger("gemlora.gateway")
 

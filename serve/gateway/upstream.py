@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from gemlora.serve.gateway.errors import GatewayError
+from gemlora.serve.errors import GatewayError
 
 
 @dataclass

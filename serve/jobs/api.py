@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
@@ -41,9 +40,9 @@ from gemlora.adapters import (
     RegistryUnavailableError,
 )
 from gemlora.bases import load_catalogue, resolve_base
-from gemlora.data.remote import ImageFetcher
-from gemlora.serve.gateway.auth import ApiKey, Authenticator
-from gemlora.serve.gateway.errors import GatewayError, validation_error
+from gemlora.data.safe_fetch import ImageFetcher
+from gemlora.serve.auth import ApiKey, Authenticator
+from gemlora.serve.errors import GatewayError, registry_unavailable, validation_error
 from gemlora.serve.jobs.config import JobsConfig
 from gemlora.serve.jobs.files import UploadRejected, ingest, upload_suffix
 from gemlora.serve.jobs.progress import (
@@ -55,20 +54,17 @@ from gemlora.serve.jobs.progress import (
 from gemlora.serve.jobs.runner import (
     RESULTS_PURPOSE,
     RUN_DIR,
-    TRAIN_CONFIG,
     JobRunner,
-    TrainConfigRejected,
-    checked_training_config,
     result_file_id,
+    write_job_config,
 )
 from gemlora.serve.jobs.schema import (
     CreateJobRequest,
+    JobVerification,
     TrainSettingsError,
-    adapter_name,
-    apply_lr_multiplier,
     effective_hyperparameters,
-    settings_error,
-    training_document,
+    fine_tuned_model_name,
+    job_training_config,
 )
 from gemlora.serve.jobs.store import FileRecord, JobRecord, JobStore, new_id
 
@@ -255,7 +251,7 @@ class JobsApi:
         }
         _check_file_kinds(files, create.method_type)
         job_id = new_id("ftjob")
-        name = adapter_name(create, job_id)
+        name = fine_tuned_model_name(create, job_id)
         if not key.may_use(name):
             raise GatewayError(
                 403,
@@ -266,7 +262,7 @@ class JobsApi:
             )
         job_dir = self.store.job_dir(job_id)
         try:
-            document = training_document(
+            train_config = job_training_config(
                 create,
                 base_model=base_model,
                 init_adapter=init_adapter,
@@ -281,15 +277,9 @@ class JobsApi:
                 job_id=job_id,
                 verify_on=self._verify_on(),
             )
-            train_config = await checked_training_config(document)
-        except TrainConfigRejected as rejected:
-            error = settings_error(rejected.problems)
-            raise GatewayError(400, str(error), param=error.param, code="invalid_value") from None
         except TrainSettingsError as error:
             raise GatewayError(400, str(error), param=error.param, code="invalid_value") from None
-        apply_lr_multiplier(train_config, create)
-        job_dir.mkdir(parents=True)
-        (job_dir / TRAIN_CONFIG).write_text(yaml.safe_dump(train_config))
+        write_job_config(job_dir, train_config)
         job = JobRecord(
             id=job_id,
             owner=key.id,
@@ -301,7 +291,7 @@ class JobsApi:
             request={
                 "method": create.method_type,
                 "hyperparameters": effective_hyperparameters(train_config, create),
-                "seed": train_config["training"]["seed"],
+                "seed": train_config.training.seed,
                 "suffix": create.suffix,
                 "metadata": create.metadata,
             },
@@ -311,13 +301,13 @@ class JobsApi:
         self.runner.wake()
         return JSONResponse(self.job_object(job))
 
-    def _verify_on(self) -> dict[str, str | None]:
-        """`output.verify` fields the gateway sets: its own engine checks each job's version."""
-        return {
-            "engine_url": self.context.engine_url,
-            "engine_base": self.context.base,
-            "dtype": self.context.engine_dtype,
-        }
+    def _verify_on(self) -> JobVerification:
+        """The gateway's own engine checks each job's version."""
+        return JobVerification(
+            engine_url=self.context.engine_url,
+            engine_base=self.context.base,
+            dtype=self.context.engine_dtype,
+        )
 
     def _base_of(self, model: str) -> tuple[str, str | None]:
         """The base a job trains, and the adapter version it starts from: `model` is a
@@ -329,7 +319,7 @@ class JobsApi:
         except (AdapterNotFoundError, InvalidRefError):
             return model, None  # neither: `_check_base` names the catalogue
         except RegistryUnavailableError as error:
-            raise GatewayError(503, str(error), code="registry_unavailable") from None
+            raise registry_unavailable(str(error)) from None
         except AdapterError as error:
             raise GatewayError(
                 400, f"model: {error}", param="model", code="invalid_value"
@@ -428,8 +418,7 @@ class JobsApi:
     async def list_checkpoints(self, request: Request, job_id: str) -> JSONResponse:
         job = self._job(request, job_id)
         after, limit = _page(request, default_limit=10, max_limit=100)
-        run_dir = self.runner.run_dir(job.id)
-        found = reversed(checkpoints(run_dir, read_progress(run_dir)))
+        found = reversed(checkpoints(read_progress(self.runner.run_dir(job.id))))
         objects = [
             {
                 "id": f"ftckpt-{_short(job.id)}-{checkpoint.step}",
@@ -524,10 +513,10 @@ class JobsApi:
              "message", event.data)
             for event in self.store.events(job.id)
         ]  # fmt: skip
-        records = read_progress(self.runner.run_dir(job.id))
+        progress = read_progress(self.runner.run_dir(job.id))
         events += [
             (e.time, f"ftevent-{short}-t{e.index}", e.level, e.message, e.type, e.data)
-            for e in training_events(records)
+            for e in training_events(progress)
         ]
         events.sort(key=lambda event: event[0], reverse=True)
         return [

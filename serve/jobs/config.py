@@ -43,7 +43,10 @@ class JobsConfig(BaseModel):
         "false: it is marked failed with the reason.",
     )
     max_attempts: int = Field(
-        default=3, ge=1, description="Worker starts per job (the first run and its resumes)."
+        default=3,
+        ge=1,
+        description="Worker starts per job (the first run and its resumes); a worker killed "
+        "mid-run is retried from its checkpoint while attempts remain.",
     )
     stop_timeout_s: float = Field(
         default=60,

@@ -33,7 +33,7 @@ from gemlora.data import (
 from gemlora.data.formats.openai import openai_record as data_openai_record
 from gemlora.data.formats.openai_preference import openai_preference_record
 from gemlora.data.images import data_url
-from gemlora.data.remote import ImageFetcher
+from gemlora.data.safe_fetch import ImageFetcher
 
 # The formats `data/` tells apart by content, plus parquet, which it tells by the suffix.
 UPLOAD_SUFFIXES = (".jsonl", ".json", ".parquet")

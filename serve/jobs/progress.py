@@ -1,26 +1,40 @@
-"""A job's training progress, read from its run directory: the `progress.jsonl` events that
-`gemlora train` writes (see `gemlora.train.tracking`), the run state (`run.json`) and the
-checkpoints, turned into what the jobs API reports."""
+"""A job's training progress, read from its run directory (`gemlora.rundir`): the typed events
+that `gemlora train` writes, the run state and the checkpoints, turned into what the jobs API
+reports. Each event describes itself (`ProgressEvent.describe`); this module only gathers."""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gemlora.rundir import PROGRESS_FILE, last_checkpoint, read_state
+from gemlora.run_events import (
+    Checkpoint,
+    CheckpointRegistered,
+    Eval,
+    Log,
+    ProgressEvent,
+    TrainBegin,
+    Unreadable,
+)
+from gemlora.rundir import (
+    ProgressLog,
+    RunDirFormatError,
+    RunState,
+    read_state,
+)
 
-TERMINAL_EVENTS = ("finished", "cancelled", "failed", "paused")
+logger = logging.getLogger("gemlora.jobs")
 
 
 @dataclass(frozen=True)
 class TrainingEvent:
-    """One line of progress.jsonl as a job event."""
+    """One progress event as a job event."""
 
-    index: int  # line number in progress.jsonl, for a stable event id
+    index: int  # its place in progress.jsonl, for a stable event id
     time: float
     level: str
     message: str
@@ -28,174 +42,93 @@ class TrainingEvent:
     data: dict[str, Any] | None
 
 
-def read_progress(run_dir: Path) -> list[dict[str, Any]]:
-    """Every complete line of progress.jsonl (a line being written is skipped)."""
-    path = run_dir / PROGRESS_FILE
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
-
-
-def run_state(run_dir: Path) -> dict[str, Any]:
-    """run.json: `run_id`, `status` (created, running, finished) and `version` when finished."""
-    try:
-        return read_state(run_dir) or {}
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def last_step(run_dir: Path) -> int:
-    """The step of the newest complete checkpoint (0: none yet), where a resume starts."""
-    checkpoint = last_checkpoint(run_dir)
-    return int(checkpoint.name.rsplit("-", 1)[-1]) if checkpoint else 0
-
-
-def trained_tokens(records: list[dict[str, Any]]) -> int | None:
-    counts = [r["num_tokens"] for r in records if r.get("event") == "log" and "num_tokens" in r]
-    return int(counts[-1]) if counts else None
-
-
-def estimated_finish(records: list[dict[str, Any]]) -> int | None:
-    """When training should reach its last step, from the step rate measured since the latest
-    start (a resume starts a new measurement); None before two points are known."""
-    begins = [r for r in records if r.get("event") == "train_begin"]
-    if not begins:
-        return None
-    begin = begins[-1]
-    logs = [r for r in records if r.get("event") == "log" and r.get("time", 0) > begin["time"]]
-    if not logs or not begin.get("max_steps"):
-        return None
-    last = logs[-1]
-    steps, seconds = last["step"] - begin.get("step", 0), last["time"] - begin["time"]
-    if steps <= 0 or seconds <= 0:
-        return None
-    return int(last["time"] + (begin["max_steps"] - last["step"]) * seconds / steps)
-
-
-def final_event(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The last `finished`, `cancelled` or `failed` record: how the last worker ended."""
-    ends = [r for r in records if r.get("event") in TERMINAL_EVENTS]
-    return ends[-1] if ends else None
-
-
-# --- events -----------------------------------------------------------------------------------
-
-
-def training_events(records: list[dict[str, Any]]) -> list[TrainingEvent]:
-    events = []
-    for index, record in enumerate(records):
-        described = describe(record)
-        if described is not None:
-            level, message, data = described
-            kind = "metrics" if data is not None else "message"
-            events.append(TrainingEvent(index, record["time"], level, message, kind, data))
+def read_progress(run_dir: Path) -> list[ProgressEvent]:
+    """Every complete event; a line this gemlora cannot read is kept as an `Unreadable` event
+    (shown to the job's owner as an error, and logged), never dropped."""
+    events = ProgressLog.of(run_dir).read(strict=False)
+    for event in events:
+        if isinstance(event, Unreadable):
+            logger.error("%s: line %d: %s", run_dir, event.line, event.problem)
     return events
 
 
-def describe(record: dict[str, Any]) -> tuple[str, str, dict | None] | None:
-    """(level, message, metrics or None) for one progress record; None for records that say
-    nothing new to a client."""
-    event, step, total = record.get("event"), record.get("step"), record.get("max_steps")
-    if event == "start":
-        verb = "resumed" if record.get("resumed") else "started"
-        return "info", f"Training {verb} (MLflow run {record.get('run_id')})", None
-    if event == "train_begin":
-        return "info", f"Training from step {step} to step {total}", None
-    if event == "log" and "loss" in record:
-        metrics = _metrics(record, "train")
-        return "info", f"Step {step}/{total}: training loss={record['loss']:.4f}", metrics
-    if event == "eval" and "eval_loss" in record:
-        metrics = _metrics(record, "valid")
-        return "info", f"Step {step}/{total}: validation loss={record['eval_loss']:.4f}", metrics
-    if event == "checkpoint":
-        return "info", f"Checkpoint saved at step {step}", None
-    if event == "checkpoint_registered":
-        model = f"{record['name']}/{record['version']}"
-        return "info", f"Checkpoint at step {step} is callable as model {model!r}", None
-    if event == "checkpoint_unregistered":
-        return "warn", f"Checkpoint at step {step} could not be registered: {record['error']}", None
-    if event == "generation_eval":
-        return "info", _generation_message(record), None
-    if event == "registry_unavailable":
-        return (
-            "warn",
-            f"MLflow is unreachable; the adapter is kept and its registration is retried in "
-            f"{record.get('retry_in_s', 0):.0f} s",
-            None,
-        )
-    if event == "best_checkpoint":
-        how = (
-            f"Early stopping at step {record.get('stopped_at')}"
-            if record.get("stopped_early")
-            else "Training ran to its last step"
-        )
-        return (
-            "info",
-            f"{how}: the best checkpoint, step {record.get('step')} (validation loss "
-            f"{record.get('eval_loss', 0):.4f}), is the one registered",
-            None,
-        )
-    if event == "registered":
-        return "info", f"Registered {record['name']} version {record['version']}", None
-    if event == "verified":
-        return _verification_event(record)
-    if event == "unverified":
-        return "warn", f"The version was not verified: {record.get('reason')}", None
-    if event == "promotion":
-        moved = "moved to the new version" if record.get("moved") else "stays where it was"
-        return "info", f"Alias {record.get('to')} {moved} (promote_if)", None
-    if event == "paused":
-        return "info", f"Training paused at step {step} with a checkpoint", None
-    if event == "cancelled":
-        return "warn", f"Training stopped ({record.get('reason', 'interrupted')})", None
-    if event == "failed":
-        return "error", f"Training failed: {record.get('error')}", None
-    return None
+def run_state(run_dir: Path) -> RunState:
+    """run.json; an empty state before the worker wrote one (or if it cannot be read)."""
+    try:
+        return read_state(run_dir) or RunState()
+    except (OSError, RunDirFormatError) as error:
+        logger.error("%s", error)
+        return RunState()
 
 
-def _verification_event(record: dict[str, Any]) -> tuple[str, str, None]:
-    """What the engine check found (`gemlora.adapters.verify`)."""
-    where = f"for version {record.get('version')} on {record.get('engine_base')}"
-    if record.get("refused"):
-        return "error", f"Verification failed {where}: {record['refused']}", None
-    how = "greedy tokens" if record.get("compared_by") == "tokens" else "log-probabilities"
-    images = f", {record.get('image_prompts')} with images" if record.get("image_prompts") else ""
-    verdict = "passed" if record.get("passed") else "failed"
-    level = "info" if record.get("passed") else "error"
-    message = (
-        f"Verification {verdict} {where}: {record.get('prompts')} prompts{images}, agreement "
-        f"{record.get('agreement', 0):.0%}, compared by {how}"
-    )
-    return level, message, None
+def reached_step(events: list[ProgressEvent]) -> int:
+    """The last step training reached (0 before the first step)."""
+    steps = [step for event in events if isinstance(step := getattr(event, "step", None), int)]
+    return max(steps, default=0)
+
+
+def trained_tokens(events: list[ProgressEvent]) -> int | None:
+    counts = [
+        e.metrics["num_tokens"] for e in events if isinstance(e, Log) and "num_tokens" in e.metrics
+    ]
+    return int(counts[-1]) if counts else None
+
+
+def estimated_finish(events: list[ProgressEvent]) -> int | None:
+    """When training should reach its last step, from the step rate measured since the latest
+    start (a resume starts a new measurement); None before two points are known."""
+    begins = [e for e in events if isinstance(e, TrainBegin)]
+    if not begins:
+        return None
+    begin = begins[-1]
+    logs = [e for e in events if isinstance(e, Log) and e.time > begin.time]
+    if not logs or not begin.max_steps:
+        return None
+    last = logs[-1]
+    steps, seconds = last.step - begin.step, last.time - begin.time
+    if steps <= 0 or seconds <= 0:
+        return None
+    return int(last.time + (begin.max_steps - last.step) * seconds / steps)
+
+
+def final_event(events: list[ProgressEvent]) -> ProgressEvent | None:
+    """The last `finished`, `paused`, `cancelled` or `failed` event: how the last worker
+    ended."""
+    ends = [event for event in events if event.terminal]
+    return ends[-1] if ends else None
+
+
+def training_events(events: list[ProgressEvent]) -> list[TrainingEvent]:
+    found = []
+    for index, event in enumerate(events):
+        described = event.describe()
+        if described is not None:
+            kind = "metrics" if described.metrics is not None else "message"
+            found.append(
+                TrainingEvent(
+                    index, event.time, described.level, described.message, kind, described.metrics
+                )
+            )
+    return found
 
 
 RESULT_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
 
 
-def results_csv(records: list[dict[str, Any]]) -> str:
+def results_csv(events: list[ProgressEvent]) -> str:
     """Per-step metrics in the columns of OpenAI's result file: one row per step with a
     training loss, the step's validation figures where it was evaluated, else empty."""
     rows: dict[int, dict[str, Any]] = {}
-    for record in records:
-        step, event = record.get("step"), record.get("event")
-        if event == "log" and "loss" in record:
-            row = rows.setdefault(step, {"step": step})
-            row |= {
-                "train_loss": record["loss"],
-                "train_accuracy": record.get("mean_token_accuracy"),
-            }
-        elif event == "eval" and "eval_loss" in record:
-            row = rows.setdefault(step, {"step": step})
-            row |= {
-                "valid_loss": record["eval_loss"],
-                "valid_mean_token_accuracy": record.get("eval_mean_token_accuracy"),
-            }
+    for event in events:
+        if isinstance(event, Log) and event.loss is not None:
+            rows.setdefault(event.step, {"step": event.step}).update(
+                train_loss=event.loss, train_accuracy=event.metrics.get("mean_token_accuracy")
+            )
+        elif isinstance(event, Eval) and event.loss is not None:
+            rows.setdefault(event.step, {"step": event.step}).update(
+                valid_loss=event.loss,
+                valid_mean_token_accuracy=event.metrics.get("eval_mean_token_accuracy"),
+            )
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, RESULT_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -204,39 +137,11 @@ def results_csv(records: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def _metrics(record: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """OpenAI's metric names: train_loss, valid_loss, train_mean_token_accuracy, ..."""
-    source = "eval_" if prefix == "valid" else ""
-    data: dict[str, Any] = {"step": record.get("step"), "total_steps": record.get("max_steps")}
-    for name in ("loss", "mean_token_accuracy"):
-        if f"{source}{name}" in record:
-            data[f"{prefix}_{name}"] = record[f"{source}{name}"]
-    for name in ("learning_rate", "tokens_per_second", "num_tokens", "epoch"):
-        if name in record:
-            data[name] = record[name]
-    return data
-
-
-def _generation_message(record: dict[str, Any]) -> str:
-    scores = [
-        f"{label} {record[key]:.0%}"
-        for label, key in (
-            ("adapter contains", "contains"),
-            ("base contains", "base_contains"),
-            ("adapter exact", "exact"),
-            ("base exact", "base_exact"),
-        )
-        if isinstance(record.get(key), int | float)
-    ]
-    examples = record.get("examples")
-    return f"Generation eval on {examples} held-out examples: " + ", ".join(scores)
-
-
 # --- checkpoints ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Checkpoint:
+class SavedCheckpoint:
     step: int
     time: float
     path: Path
@@ -244,43 +149,36 @@ class Checkpoint:
     model: str | None  # the registered version (`NAME/VERSION`) that serves it
 
 
-def checkpoints(run_dir: Path, records: list[dict[str, Any]]) -> list[Checkpoint]:
+def checkpoints(events: list[ProgressEvent]) -> list[SavedCheckpoint]:
     """The checkpoints still on disk (the Trainer keeps `save_total_limit`), oldest first, each
     with the metrics logged at its step and the version it was registered as."""
-    registered = {
-        r["step"]: f"{r['name']}/{r['version']}"
-        for r in records
-        if r.get("event") == "checkpoint_registered"
-    }
-    found = []
-    for record in records:
-        if record.get("event") != "checkpoint":
+    registered = {e.step: e.model for e in events if isinstance(e, CheckpointRegistered)}
+    found = {}
+    for event in events:
+        path = Path(event.path) if isinstance(event, Checkpoint) else None
+        if path is None or not (path / "trainer_state.json").is_file():
             continue
-        path = Path(record["path"])
-        if not (path / "trainer_state.json").is_file():
-            continue
-        step = record["step"]
-        metrics = _checkpoint_metrics(step, records)
-        found.append(Checkpoint(step, record["time"], path, metrics, registered.get(step)))
-    unique = {checkpoint.step: checkpoint for checkpoint in found}  # a resume saves again
-    return sorted(unique.values(), key=lambda c: c.step)
+        metrics = _checkpoint_metrics(event.step, events)
+        # a resume saves a step again: the newest record of a step wins
+        found[event.step] = SavedCheckpoint(
+            event.step, event.time, path, metrics, registered.get(event.step)
+        )
+    return [found[step] for step in sorted(found)]
 
 
-def _checkpoint_metrics(step: int, records: list[dict[str, Any]]) -> dict[str, float]:
+def _checkpoint_metrics(step: int, events: list[ProgressEvent]) -> dict[str, float]:
     """OpenAI's checkpoint metrics: train and valid loss and mean token accuracy at `step`."""
     metrics: dict[str, float] = {"step": step}
-    for record in records:
-        if record.get("step") != step:
-            continue
-        if record.get("event") == "log" and "loss" in record:
+    for event in events:
+        if isinstance(event, Log) and event.step == step and event.loss is not None:
             metrics |= _present(
-                train_loss=record["loss"],
-                train_mean_token_accuracy=record.get("mean_token_accuracy"),
+                train_loss=event.loss,
+                train_mean_token_accuracy=event.metrics.get("mean_token_accuracy"),
             )
-        if record.get("event") == "eval" and "eval_loss" in record:
+        if isinstance(event, Eval) and event.step == step and event.loss is not None:
             metrics |= _present(
-                valid_loss=record["eval_loss"],
-                valid_mean_token_accuracy=record.get("eval_mean_token_accuracy"),
+                valid_loss=event.loss,
+                valid_mean_token_accuracy=event.metrics.get("eval_mean_token_accuracy"),
             )
     return metrics
 

@@ -17,34 +17,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import yaml
 
 from gemlora.bases import resolve_base
-from gemlora.serve.gateway.config import KEYS_ENV
+from gemlora.paths import gemlora_home
+from gemlora.run_events import Failed, Paused
+from gemlora.rundir import clear_pause_request, last_checkpoint_step, request_pause
+from gemlora.serve.auth import KEYS_ENV
 from gemlora.serve.jobs.config import JobsConfig
 from gemlora.serve.jobs.progress import (
     final_event,
-    last_step,
+    reached_step,
     read_progress,
     results_csv,
     run_state,
     trained_tokens,
 )
 from gemlora.serve.jobs.store import FileRecord, JobRecord, JobStore
-from gemlora.signals import PAUSE_SIGNAL
+from gemlora.train.config import TrainConfig, load_config
 
 logger = logging.getLogger("gemlora.jobs")
 
@@ -79,8 +79,7 @@ class JobRunner:
 
     def trained_base(self, job: JobRecord) -> str:
         """The base the job trains: its `model`, or the base of the adapter it names."""
-        config = yaml.safe_load((self.store.job_dir(job.id) / TRAIN_CONFIG).read_text())
-        return config["base"]["model"]
+        return read_job_config(self.store.job_dir(job.id)).base.model
 
     def run_dir(self, job_id: str) -> Path:
         return self.store.job_dir(job_id) / RUN_DIR
@@ -178,7 +177,11 @@ class JobRunner:
     async def _start_worker(self, job: JobRecord) -> None:
         job_dir = self.store.job_dir(job.id)
         command = _train_command(job_dir / TRAIN_CONFIG, *(["--resume"] if job.resume else []))
-        verb = f"resumes from step {last_step(self.run_dir(job.id))}" if job.resume else "starts"
+        verb = (
+            f"resumes from step {last_checkpoint_step(self.run_dir(job.id))}"
+            if job.resume
+            else "starts"
+        )
         moved = self.store.transition(
             job.id,
             "running",
@@ -217,6 +220,7 @@ class JobRunner:
             while not exit_code.done():
                 await asyncio.wait({exit_code}, timeout=self.config.poll_interval_s)
                 await self._note_run(worker.job_id)
+            await self._note_run(worker.job_id)  # a run that ended within the last poll
             self._finish(worker.job_id, exit_code.result())
         except Exception:
             logger.exception("watching the worker of %s failed", worker.job_id)
@@ -229,7 +233,7 @@ class JobRunner:
         job = self.store.get_job(job_id)
         if job is None or job.experiment_id is not None:
             return
-        run_id = job.run_id or run_state(self.run_dir(job_id)).get("run_id")
+        run_id = job.run_id or run_state(self.run_dir(job_id)).run_id
         if run_id is None:
             return
         experiment_id = await self._experiment_of(run_id)
@@ -275,27 +279,73 @@ class JobRunner:
                 level="warn",
             )
             return
+        self._report_log_tail(job)
+        if exit_code < 0 and self._retry_killed(job, signal.Signals(-exit_code).name):
+            return
         self._fail(job, *self._failure(job, exit_code))
+
+    def _retry_killed(self, job: JobRecord, signal_name: str) -> bool:
+        """A worker killed by a signal (the out-of-memory killer's SIGKILL, a crash) is started
+        again from its last checkpoint, in the same MLflow run, while attempts remain."""
+        run_dir = self.run_dir(job.id)
+        step, checkpoint = _step(run_dir), last_checkpoint_step(run_dir)
+        if job.attempts >= self.config.max_attempts:
+            return False
+        where = f"its checkpoint at step {checkpoint}" if checkpoint else "the start"
+        return self.store.transition(
+            job.id,
+            "queued",
+            from_=("running",),
+            message=f"The training worker was killed by {signal_name} at step {step} (the "
+            f"out-of-memory killer sends SIGKILL); it is retried from {where} (attempt "
+            f"{job.attempts + 1} of {self.config.max_attempts}, jobs.max_attempts)",
+            level="warn",
+            resume=run_state(run_dir).config is not None,
+            pid=None,
+        )
+
+    def _report_log_tail(self, job: JobRecord, lines: int = 5) -> None:
+        """The worker's last log lines, for the job's owner (the log stays on the server)."""
+        try:
+            text = (self.store.job_dir(job.id) / TRAIN_LOG).read_text(errors="replace")
+        except OSError:
+            return
+        for line in text.strip().splitlines()[-lines:]:
+            self.store.add_event(job.id, f"Worker log: {self._public(line)}", level="warn")
+
+    def _public(self, text: str) -> str:
+        """`text` without the server's paths: stored files by their name (`file-....jsonl`),
+        other paths relative to the jobs store or $GEMLORA_HOME."""
+        for directory, shown in (
+            (self.store.files_dir, ""),
+            (self.store.dir, ""),
+            (gemlora_home(), "$GEMLORA_HOME/"),
+        ):
+            text = text.replace(f"{directory}/", shown)
+        return text
 
     def _paused(self, job: JobRecord) -> bool:
         end = final_event(read_progress(self.run_dir(job.id)))
-        if end is None or end["event"] != "paused":
+        if not isinstance(end, Paused):
             return False  # the pause came too late: the run ended otherwise
+        if end.step == last_checkpoint_step(self.run_dir(job.id)) and end.step > 0:
+            how = f"at step {end.step} with a checkpoint"
+        else:  # before its first step (of this attempt): nothing new to save
+            how = f"before training its first step (step {end.step}): nothing to checkpoint"
         return self.store.transition(
             job.id,
             "paused",
             from_=("running",),
-            message=f"Job paused at step {end['step']} with a checkpoint; resume continues it "
-            "in the same MLflow run",
+            message=f"Job paused {how}; resume continues it in the same MLflow run",
             pid=None,
         )
 
     def _succeeded(self, job: JobRecord) -> bool:
         run_dir = self.run_dir(job.id)
         state = run_state(run_dir)
-        if state.get("status") != "finished":
+        if state.status != "finished":
             return False
-        version = state.get("version")
+        version = state.version
         self._write_results(job)
         return self.store.transition(
             job.id,
@@ -304,7 +354,7 @@ class JobRunner:
             message=f"The job has successfully completed: {job.name} (version {version}) is "
             f"served as model {job.name!r}",
             version=version,
-            run_id=state.get("run_id") or job.run_id,
+            run_id=state.run_id or job.run_id,
             trained_tokens=trained_tokens(read_progress(run_dir)),
             pid=None,
         )
@@ -324,18 +374,23 @@ class JobRunner:
         self.store.add_file(record)
 
     def _failure(self, job: JobRecord, exit_code: int) -> tuple[str, str, str | None]:
-        """(code, message, param) from the worker's last progress event, else its log."""
-        end = final_event(read_progress(self.run_dir(job.id)))
-        log = self.store.job_dir(job.id) / TRAIN_LOG
-        if end is not None and end["event"] == "failed":
-            error = str(end.get("error", "unknown error"))
+        """(code, message, param) from the worker's last progress event, else how it exited;
+        the message names no path of the server."""
+        run_dir = self.run_dir(job.id)
+        end = final_event(read_progress(run_dir))
+        if isinstance(end, Failed):
+            error = self._public(end.error)
             if error.startswith("DatasetError"):
                 param = "validation_file" if _mentions(error, job.validation_file) else None
                 param = param or "training_file"
                 return f"invalid_{param}", error.removeprefix("DatasetError: "), param
-            return "training_failed", f"{error} (worker log: {log})", None
-        tail = _tail(log)
-        return "training_failed", f"the worker exited with code {exit_code}: {tail}", None
+            return "training_failed", error, None
+        if exit_code < 0:
+            how = f"was killed by {signal.Signals(-exit_code).name} at step {_step(run_dir)}"
+            tries = f" (tried {job.attempts} times, jobs.max_attempts)"
+            return "worker_died", f"the training worker {how}{tries}", None
+        how = f"exited with code {exit_code} at step {_step(run_dir)}"
+        return "training_failed", f"the training worker {how}; see the job's events", None
 
     def _fail(
         self,
@@ -372,19 +427,20 @@ class JobRunner:
             await self._stop(worker)
 
     async def pause(self, job: JobRecord) -> None:
-        """Ask the running worker to stop at the end of its step with a checkpoint (SIGUSR1 to
-        `gemlora train`); returns once it has stopped and the job is paused."""
-        worker = self._workers.get(job.id)
-        if worker is None:
-            return
+        """Ask the running worker to stop at its next safe point (before its first step, or at
+        the end of the current one, with a checkpoint) through its run directory, which also
+        reaches a worker still starting; returns once it has stopped, or after
+        `stop_timeout_s` (the job then pauses when the worker gets there)."""
         self.store.update(job.id, pause_requested=True)
-        with contextlib.suppress(ProcessLookupError):
-            worker.process.send_signal(PAUSE_SIGNAL)
-        await asyncio.wait({worker.watcher}, timeout=self.config.stop_timeout_s)
+        request_pause(self.run_dir(job.id))
+        worker = self._workers.get(job.id)
+        if worker is not None:
+            await asyncio.wait({worker.watcher}, timeout=self.config.stop_timeout_s)
 
     def resume(self, job: JobRecord) -> bool:
         """Queue a paused job to continue from its checkpoint, in the same MLflow run."""
-        step = last_step(self.run_dir(job.id))
+        clear_pause_request(self.run_dir(job.id))
+        step = last_checkpoint_step(self.run_dir(job.id))
         moved = self.store.transition(
             job.id,
             "queued",
@@ -430,7 +486,7 @@ class JobRunner:
         if self._succeeded(job):
             return
         run_dir = self.run_dir(job.id)
-        step, checkpoint = _step(run_dir), last_step(run_dir)
+        step, checkpoint = _step(run_dir), last_checkpoint_step(run_dir)
         if job.cancel_requested:
             self.store.transition(
                 job.id, "cancelled", from_=("running",), message="Job cancelled", pid=None
@@ -447,7 +503,7 @@ class JobRunner:
             )
             self._fail(job, "interrupted", message, None)
         else:
-            resumable = bool(run_state(run_dir))  # gemlora train --resume needs run.json
+            resumable = run_state(run_dir).config is not None  # what --resume continues
             where = f"from its checkpoint at step {checkpoint}" if checkpoint else "from the start"
             self.store.transition(
                 job.id,
@@ -460,36 +516,14 @@ class JobRunner:
             )
 
 
-async def checked_training_config(document: dict[str, Any]) -> dict[str, Any]:
-    """The training config `gemlora train --check` makes of `document`, every default filled
-    in. Raises `TrainConfigRejected` with its `path: message` problems. train validates its own
-    config in a process of its own, as it trains in one: serve never imports train."""
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="job-check-") as file:
-        yaml.safe_dump(document, file)
-        file.flush()
-        process = await asyncio.create_subprocess_exec(
-            *_train_command(Path(file.name), "--check"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=_worker_env(),
-        )
-        out, err = await process.communicate()
-    try:
-        answer = json.loads(out)
-    except json.JSONDecodeError:
-        answer = {}
-    if "problems" in answer:
-        raise TrainConfigRejected(answer["problems"])
-    if "config" not in answer:
-        tail = err.decode(errors="replace").strip()[-500:]
-        raise RuntimeError(f"gemlora train --check exited with code {process.returncode}: {tail}")
-    return answer["config"]
+def write_job_config(job_dir: Path, config: TrainConfig) -> None:
+    """The config the job's worker trains with (`gemlora train JOB_DIR/train.yaml`)."""
+    job_dir.mkdir(parents=True)
+    (job_dir / TRAIN_CONFIG).write_text(yaml.safe_dump(config.model_dump(mode="json")))
 
 
-class TrainConfigRejected(ValueError):
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(problems))
+def read_job_config(job_dir: Path) -> TrainConfig:
+    return load_config(job_dir / TRAIN_CONFIG)
 
 
 RESULTS_PURPOSE = "fine-tune-results"
@@ -514,8 +548,7 @@ def _worker_env() -> dict[str, str]:
 
 def _step(run_dir: Path) -> int:
     """The last step training reached, from its progress (0 before the first step)."""
-    steps = [r["step"] for r in read_progress(run_dir) if isinstance(r.get("step"), int)]
-    return max(steps, default=0)
+    return reached_step(read_progress(run_dir))
 
 
 def _mentions(error: str, file_id: str | None) -> bool:
@@ -528,11 +561,3 @@ def _command_line(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
-
-
-def _tail(path: Path, lines: int = 3) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return f"no log at {path}"
-    return " | ".join(text[-lines:]) + f" (worker log: {path})"

@@ -1,4 +1,5 @@
-"""POST /v1/fine_tuning/jobs: the request, and the training config it becomes.
+"""POST /v1/fine_tuning/jobs: the request, and the training config it becomes (validated in the
+gateway's process: `gemlora.train.config` loads no torch).
 
 The OpenAI fields map onto a gemlora training config (`gemlora.train.TrainConfig`, the same one
 `gemlora train` reads from configs/train/*.yaml):
@@ -36,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from gemlora.adapters.refs import NAME_PATTERN
+from gemlora.train.config import ConfigError, TrainConfig, parse_config
 
 Auto = Literal["auto"]
 
@@ -168,7 +170,7 @@ class CreateJobRequest(_Strict):
         return self.hyperparameters or Hyperparameters()
 
 
-def adapter_name(request: CreateJobRequest, job_id: str) -> str:
+def fine_tuned_model_name(request: CreateJobRequest, job_id: str) -> str:
     """The registry name of the job's adapter, unique per job."""
     short = job_id.rsplit("-", 1)[-1][:8]
     return f"{request.suffix}-{short}" if request.suffix else f"ft-{request.model}-{short}"
@@ -182,7 +184,7 @@ class TrainSettingsError(ValueError):
         super().__init__(f"{param}: {message}")
 
 
-def training_document(
+def job_training_config(
     request: CreateJobRequest,
     *,
     base_model: str,
@@ -194,10 +196,10 @@ def training_document(
     run_dir: Path,
     tracking_uri: str,
     job_id: str,
-    verify_on: dict[str, Any],
-) -> dict[str, Any]:
-    """The training config (as a YAML-ready document) for this job. Raises
-    `TrainSettingsError` naming the request field that makes it invalid."""
+    verify_on: JobVerification,
+) -> TrainConfig:
+    """The job's training config, validated here, in the gateway's process (training itself runs
+    in a worker). Raises `TrainSettingsError` naming the request field that makes it invalid."""
     sections = {key: dict(value) for key, value in (request.gemlora or {}).items()}
     for section, fields in JOB_FIELDS.items():
         for field in fields:
@@ -224,15 +226,35 @@ def training_document(
     output.update(name=name, dir=str(run_dir), tracking_uri=tracking_uri, register_checkpoints=True)
     output.setdefault("run_name", job_id)
     output["tags"] = {**output.get("tags", {}), "gemlora.job_id": job_id}
-    verify = dict(output.get("verify") or {})
-    for field in verify_on:
+    output["verify"] = _verify_settings(output.get("verify"), verify_on)
+    try:
+        config = parse_config(sections, source="job")
+    except ConfigError as error:
+        raise _settings_error(error.problems) from None
+    multiplier = request.resolved_hyperparameters().learning_rate_multiplier
+    if multiplier != "auto":
+        # OpenAI's multiplier scales the rate training would use (the default or gemlora's).
+        config.training.lr *= multiplier
+    return config
+
+
+class JobVerification(BaseModel):
+    """`output.verify` fields the gateway sets: its own engine checks each job's version."""
+
+    engine_url: str | None
+    engine_base: str
+    dtype: str
+
+
+def _verify_settings(given: dict[str, Any] | None, verify_on: JobVerification) -> dict[str, Any]:
+    verify = dict(given or {})
+    for field in JobVerification.model_fields:
         if field in verify:
             raise TrainSettingsError(
                 f"gemlora.output.verify.{field}",
                 "set by the gateway, whose engine verifies the job's adapter; leave it out",
             )
-    output["verify"] = verify | verify_on
-    return sections
+    return verify | verify_on.model_dump()
 
 
 def _apply_hyperparameters(request: CreateJobRequest, training: dict[str, Any]) -> None:
@@ -262,31 +284,22 @@ def _apply_dpo_hyperparameters(request: CreateJobRequest, dpo: dict[str, Any]) -
     dpo["beta"] = beta
 
 
-def settings_error(problems: list[str]) -> TrainSettingsError:
-    """The first problem `gemlora train --check` found, named as the request's
-    `gemlora.<path>`."""
+def _settings_error(problems: list[str]) -> TrainSettingsError:
+    """The first problem validation found, named as the request's `gemlora.<path>`."""
     path, _, message = problems[0].partition(": ")
     more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
     return TrainSettingsError(f"gemlora.{path}", message + more)
 
 
-def apply_lr_multiplier(config: dict[str, Any], request: CreateJobRequest) -> None:
-    """OpenAI's multiplier scales the learning rate training would use (gemlora's default or
-    the request's `gemlora.training.lr`)."""
-    multiplier = request.resolved_hyperparameters().learning_rate_multiplier
-    if multiplier != "auto":
-        config["training"]["lr"] *= multiplier
-
-
-def effective_hyperparameters(config: dict[str, Any], request: CreateJobRequest) -> dict[str, Any]:
-    """What the job object reports: the values training uses (`config` as checked)."""
-    epochs = config["training"]["epochs"]
+def effective_hyperparameters(config: TrainConfig, request: CreateJobRequest) -> dict[str, Any]:
+    """What the job object reports: the values training uses."""
+    epochs = config.training.epochs
     multiplier = request.resolved_hyperparameters().learning_rate_multiplier
     effective = {
         "n_epochs": int(epochs) if float(epochs).is_integer() else epochs,
-        "batch_size": config["training"]["batch_size"],
+        "batch_size": config.training.batch_size,
         "learning_rate_multiplier": 1.0 if multiplier == "auto" else multiplier,
     }
     if request.method_type == "dpo":
-        effective["beta"] = config["dpo"]["beta"]
+        effective["beta"] = config.dpo.beta
     return effective

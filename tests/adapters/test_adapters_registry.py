@@ -3,6 +3,7 @@ form, aliases, promotion, deletion, import, atomic registration, TTL, integrity.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
@@ -163,15 +164,18 @@ def test_promote_moves_champion_to_the_candidate_or_a_given_version(registry, ad
 
 
 def test_promote_if_better_compares_eval_scores(registry, adapters, name):
+    # No engine verifies these versions: opted in to promoting unverified ones (the default,
+    # `passed`, would not: tests/adapters/test_adapters_promotion.py).
+    promote_if_better = functools.partial(registry.promote_if_better, verification="not_failed")
     registry.register(adapters.a, name, metadata(eval_scores={"eval_loss": 0.5}))
-    assert registry.promote_if_better(name, 1, "eval_loss", higher_is_better=False)
+    assert promote_if_better(name, 1, "eval_loss", higher_is_better=False)
     registry.register(adapters.b, name, metadata(eval_scores={"eval_loss": 0.7}))
-    assert not registry.promote_if_better(name, 2, "eval_loss", higher_is_better=False)
+    assert not promote_if_better(name, 2, "eval_loss", higher_is_better=False)
     assert registry.show(name).aliases["champion"] == 1
-    assert registry.promote_if_better(name, 2, "eval_loss", higher_is_better=True)
+    assert promote_if_better(name, 2, "eval_loss", higher_is_better=True)
     assert registry.show(name).aliases["champion"] == 2
     with pytest.raises(AdapterError, match="has no eval score 'accuracy'"):
-        registry.promote_if_better(name, 2, "accuracy")
+        promote_if_better(name, 2, "accuracy")
 
 
 def test_deleting_versions_and_adapters(registry, adapters, name):

@@ -368,8 +368,31 @@ def test_malformed_record_gets_its_specific_error(tmp_path, name):
     assert case.message in problem.message, problem.message
 
 
-def test_there_are_at_least_twenty_malformed_cases():
-    assert len(CASES) >= 20
+def test_the_malformed_cases_in_one_file_each_get_their_own_error(tmp_path):
+    """Every case that needs no setup or options, one file per format, each bad record between
+    good ones: each is reported at its own line with its own field and message, every good
+    record is kept, and the cases are refused for at least twenty different reasons."""
+    groups: dict[str, list[str]] = {}
+    for name, case in CASES.items():
+        if not (case.setup or case.options or case.name != "data.jsonl"):
+            kind = "sharegpt" if name in SHAREGPT_CASES else "hf" if name in HF_CASES else "chat"
+            groups.setdefault(kind, []).append(name)
+    reasons = set()
+    for kind, names in groups.items():
+        write_file(tmp_path / kind, "images/red.png", png("red"))
+        write_file(tmp_path / kind, "images/blue.png", png("blue"))
+        good = good_record(names[0])
+        records = [good]
+        for name in names:
+            records += [CASES[name].bad, good]
+        result = read_dataset(write_jsonl(tmp_path / kind / "data.jsonl", records))
+        assert [e.source.line for e in result.examples] == list(range(1, len(records) + 1, 2))
+        lines = [(p.source.line, p.field) for p in result.errors]
+        assert lines == [(2 * i + 2, CASES[name].field) for i, name in enumerate(names)], kind
+        for problem, name in zip(result.errors, names, strict=True):
+            assert CASES[name].message in problem.message, (name, problem.message)
+        reasons |= {(p.field, p.message) for p in result.errors}
+    assert len(reasons) >= 20
 
 
 def test_a_50_mb_line_is_refused_without_failing_the_file(tmp_path):

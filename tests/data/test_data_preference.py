@@ -509,8 +509,27 @@ def test_malformed_pair_gets_its_specific_error(tmp_path, name):
     assert case.message in problem.message, problem.message
 
 
-def test_there_are_at_least_ten_malformed_pair_cases():
-    assert len(CASES) >= 10
+def test_the_malformed_pairs_in_one_file_each_get_their_own_error(tmp_path):
+    """All the cases of a format in one file, each bad pair between good ones: each is reported
+    at its own line with its own field and message, every good pair is kept, and the cases are
+    refused for at least ten different reasons."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "red.png").write_bytes(png("red"))
+    reasons = set()
+    for pair_format, good in GOOD.items():
+        names = [name for name, case in CASES.items() if case.format == pair_format]
+        records = [good]
+        for name in names:
+            records += [CASES[name].bad, good]
+        result = read_preferences(write_jsonl(tmp_path / f"{pair_format}.jsonl", records))
+        assert result.format == pair_format
+        assert [e.source.line for e in result.examples] == list(range(1, len(records) + 1, 2))
+        lines = [(p.source.line, p.field) for p in result.errors]
+        assert lines == [(2 * i + 2, CASES[name].field) for i, name in enumerate(names)]
+        for problem, name in zip(result.errors, names, strict=True):
+            assert CASES[name].message in problem.message, (name, problem.message)
+        reasons |= {(p.field, p.message) for p in result.errors}
+    assert len(reasons) >= 10
 
 
 def test_strict_stops_at_the_first_bad_pair(tmp_path):

@@ -188,7 +188,7 @@ def test_ip_literals_in_every_form_are_checked_without_resolving(
 
 
 def test_octal_dotted_hosts_are_parsed_too():
-    from gemlora.data.remote import parse_ip_host
+    from gemlora.data.safe_fetch import parse_ip_host
 
     assert str(parse_ip_host("0177.0.0.1")) == "127.0.0.1"
     assert str(parse_ip_host("0300.0250.0.1")) == "192.168.0.1"

@@ -21,16 +21,9 @@ from gateway_helpers import (
     save_tiny_adapter,
 )
 
-from gemlora.data.remote import FetchPolicy
-from gemlora.serve.gateway import (
-    ApiKey,
-    GatewayConfig,
-    GatewaySettings,
-    ImagePolicy,
-    SamplingDefaults,
-    hash_key,
-    new_key,
-)
+from gemlora.data.safe_fetch import FetchPolicy
+from gemlora.serve.auth import ApiKey, hash_key, new_key
+from gemlora.serve.gateway import GatewayConfig, GatewaySettings, ImagePolicy, SamplingDefaults
 
 
 @pytest.fixture(autouse=True)

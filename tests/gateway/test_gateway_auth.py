@@ -13,7 +13,8 @@ import pytest
 from gateway_helpers import BASE, GatewayServer, free_port
 from openai import OpenAI
 
-from gemlora.serve.gateway import ApiKey, GatewayConfig, GatewaySettings, hash_key, load_keys
+from gemlora.serve.auth import ApiKey, hash_key, load_keys
+from gemlora.serve.gateway import GatewayConfig, GatewaySettings
 
 HELLO = [{"role": "user", "content": "hi"}]
 
@@ -52,6 +53,17 @@ def test_a_key_may_only_use_its_models(strict_gateway, keys, adapters):
     # Allowed models pass the key check (and then find no engine behind this gateway).
     for model in (BASE, adapters.team, f"{adapters.team}@champion", f"{adapters.team}/1"):
         assert strict_gateway.post(chat(model), keys.team).status_code == 503
+
+
+def test_a_model_that_is_no_adapter_reference_is_a_404_naming_model(strict_gateway, keys, adapters):
+    """The gateway reads references with the registry's parser: what it cannot parse is refused
+    as the engine would refuse it, without a trip to the engine (absent here: 503)."""
+    for model in (f"{adapters.team}@champion/1", f"{adapters.team}@v2", "team a"):
+        refused = strict_gateway.post(chat(model), keys.team)
+        assert refused.status_code == 404, model
+        error = refused.json()["error"]
+        assert (error["code"], error["param"]) == ("model_not_found", "model")
+        assert "invalid adapter reference" in error["message"]
 
 
 def test_rate_limit_is_429_with_retry_after(strict_gateway, keys):

@@ -1,10 +1,13 @@
 """Chat through the gateway with the official `openai` client, in front of a real vLLM engine
-serving the tiny multimodal Gemma 3 (random weights: the replies are noise, their shape is not).
+serving the tiny multimodal Gemma 3 (random weights: the replies are noise, but greedy noise is
+reproducible, so a greedy answer through the gateway must be the engine's own answer to the
+same request, token for token).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import time
 
 import httpx
@@ -23,6 +26,31 @@ def client(gateway, keys) -> OpenAI:
     return OpenAI(base_url=f"{gateway.url}/v1", api_key=keys.admin, max_retries=0)
 
 
+@pytest.fixture
+def engine(gateway) -> OpenAI:
+    """The engine behind the gateway, asked directly."""
+    engine_url = gateway.gateway.settings.engine_url
+    return OpenAI(base_url=f"{engine_url}/v1", api_key="unused", max_retries=0)
+
+
+def tokens(choice) -> list[tuple[str, float]]:
+    return [(t.token, round(t.logprob, 4)) for t in choice.logprobs.content]
+
+
+def assert_engines_answer(ours, engine_answer) -> None:
+    """The gateway's completion is the engine's: text, tokens with their log-probabilities,
+    finish reason and usage; and its usage counts the tokens it returned."""
+    assert len(ours.choices) == len(engine_answer.choices)
+    for mine, theirs in zip(ours.choices, engine_answer.choices, strict=True):
+        assert mine.message.content == theirs.message.content
+        assert tokens(mine) == tokens(theirs)
+        assert mine.finish_reason == theirs.finish_reason
+    assert ours.usage.completion_tokens == sum(len(c.logprobs.content) for c in ours.choices)
+    assert ours.usage.total_tokens == ours.usage.prompt_tokens + ours.usage.completion_tokens
+    assert ours.usage.prompt_tokens == engine_answer.usage.prompt_tokens
+    assert ours.usage.completion_tokens == engine_answer.usage.completion_tokens
+
+
 def test_chat_applies_the_deployment_defaults(client):
     raw = client.chat.completions.with_raw_response.create(model=BASE, messages=HELLO)
     completion = raw.parse()
@@ -37,32 +65,41 @@ def test_chat_applies_the_deployment_defaults(client):
     assert completion.usage.prompt_tokens > 0
 
 
-def test_request_fields_override_the_defaults(client):
-    completion = client.chat.completions.create(
-        model=BASE, messages=HELLO, max_tokens=3, temperature=0, seed=1, top_p=1
-    )
-    assert completion.usage.completion_tokens <= 3
+def test_request_fields_override_the_defaults(client, engine):
+    request = dict(model=BASE, messages=HELLO, max_tokens=3, temperature=0, seed=1, top_p=1)
+    completion = client.chat.completions.create(**request, logprobs=True)
+    # Greedy: the engine's own answer, 3 tokens (not the deployment's 8; no early stop here).
+    assert_engines_answer(completion, engine.chat.completions.create(**request, logprobs=True))
+    assert completion.usage.completion_tokens == 3
+    assert completion.choices[0].finish_reason == "length"
 
 
-def test_system_user_assistant_conversation(client):
+def test_system_user_assistant_conversation(client, engine):
     messages = [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": [{"type": "text", "text": "One."}]},
         {"role": "assistant", "content": "Two."},
         {"role": "user", "content": "Three?"},
     ]
-    completion = client.chat.completions.create(model=BASE, messages=messages, max_tokens=4)
-    assert completion.choices[0].finish_reason in ("stop", "length")
+    request = dict(model=BASE, messages=messages, max_tokens=4, temperature=0, logprobs=True)
+    completion = client.chat.completions.create(**request)
+    # The whole conversation reached the engine as it was: the same prompt, the same answer.
+    assert_engines_answer(completion, engine.chat.completions.create(**request))
+    assert completion.choices[0].message.content
 
 
 def test_n_2_gives_two_choices(client):
     completion = client.chat.completions.create(
-        model=BASE, messages=HELLO, n=2, max_tokens=4, temperature=1.0
+        model=BASE, messages=HELLO, n=2, max_tokens=4, temperature=1.0, logprobs=True
     )
     assert [c.index for c in completion.choices] == [0, 1]
+    # usage counts both choices' tokens
+    generated = [len(c.logprobs.content) for c in completion.choices]
+    assert all(1 <= n <= 4 for n in generated)
+    assert completion.usage.completion_tokens == sum(generated)
 
 
-def test_stream_passes_chunks_through_and_ends_with_done(gateway, keys):
+def test_stream_passes_chunks_through_and_ends_with_done(gateway, keys, engine):
     body = {"model": BASE, "messages": HELLO, "stream": True, "max_tokens": 16, "temperature": 0}
     events = []
     with httpx.stream(
@@ -78,20 +115,31 @@ def test_stream_passes_chunks_through_and_ends_with_done(gateway, keys):
     assert len(events) >= 3  # role, tokens, ..., [DONE]
     # The client did not ask for usage: the usage event the gateway asked for is not passed on.
     assert not any('"choices":[]' in e for e in events)
+    # The chunks add up to the engine's own (unstreamed) greedy answer.
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    answer = engine.chat.completions.create(
+        model=BASE, messages=HELLO, max_tokens=16, temperature=0
+    )
+    assert text and text == answer.choices[0].message.content
+    assert chunks[-1]["choices"][0]["finish_reason"] == answer.choices[0].finish_reason
 
 
-def test_stream_with_the_openai_client_and_usage(client):
+def test_stream_with_the_openai_client_and_usage(client, engine):
     stream = client.chat.completions.create(
         model=BASE,
         messages=HELLO,
         stream=True,
         max_tokens=6,
+        temperature=0,
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens <= 6
+    answer = engine.chat.completions.create(model=BASE, messages=HELLO, max_tokens=6, temperature=0)
+    assert text and text == answer.choices[0].message.content
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.model_dump() == answer.usage.model_dump()
 
 
 def test_streaming_is_not_buffered(gateway, keys):
@@ -144,14 +192,21 @@ def test_client_disconnect_cancels_the_generation(gateway, keys):
     )
 
 
-def test_image_as_data_url(client):
+def test_image_as_data_url(client, engine):
     content = [
         {"type": "text", "text": "What colour is this?"},
         {"type": "image_url", "image_url": {"url": RED_DATA_URL}},
     ]
-    completion = client.chat.completions.create(
-        model=BASE, messages=[{"role": "user", "content": content}], max_tokens=4
+    request = dict(
+        model=BASE,
+        messages=[{"role": "user", "content": content}],
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
     )
+    completion = client.chat.completions.create(**request)
+    # The engine saw the image the client sent: its own answer to the same request.
+    assert_engines_answer(completion, engine.chat.completions.create(**request))
     # 4 soft tokens per image on this model: the image reached the engine.
     text_only = client.chat.completions.create(
         model=BASE,
@@ -161,19 +216,23 @@ def test_image_as_data_url(client):
     assert completion.usage.prompt_tokens > text_only.usage.prompt_tokens
 
 
-def test_image_by_url_is_fetched_by_the_gateway(client, image_server, connections):
+def test_image_by_url_is_fetched_by_the_gateway(client, engine, image_server, connections):
     """images.test resolves to the loopback image server and is on this gateway's allowlist.
     The gateway fetches it once; the engine gets a data URL (it could not resolve images.test)."""
     url = f"http://images.test:{image_server.port}/red.png"
     before = len(image_server.requests)
-    content = [
-        {"type": "text", "text": "Colour?"},
-        {"type": "image_url", "image_url": {"url": url}},
-    ]
-    completion = client.chat.completions.create(
-        model=BASE, messages=[{"role": "user", "content": content}], max_tokens=4
-    )
-    assert completion.choices[0].message.role == "assistant"
+
+    def request(image_url: str) -> dict:
+        content = [
+            {"type": "text", "text": "Colour?"},
+            {"type": "image_url", "image_url": {"url": image_url}},
+        ]
+        messages = [{"role": "user", "content": content}]
+        return dict(model=BASE, messages=messages, max_tokens=4, temperature=0, logprobs=True)
+
+    completion = client.chat.completions.create(**request(url))
+    # What the engine answers when handed the served PNG itself, as a data URL.
+    assert_engines_answer(completion, engine.chat.completions.create(**request(RED_DATA_URL)))
     assert image_server.requests[before:] == ["/red.png"]
     assert ("127.0.0.1", image_server.port) in connections
 

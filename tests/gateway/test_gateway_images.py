@@ -8,7 +8,8 @@ import base64
 import pytest
 from gateway_helpers import png
 
-from gemlora.serve.gateway import GatewayError, ImagePolicy
+from gemlora.serve.errors import GatewayError
+from gemlora.serve.gateway import ImagePolicy
 from gemlora.serve.gateway.images import ImageConverter, split_inline_images
 from gemlora.serve.gateway.schema import Message
 

@@ -137,8 +137,13 @@ def check_openai_error(response, status: int, param: str | None) -> dict:
     return error
 
 
-def test_there_are_at_least_thirty_malformed_cases():
-    assert len(MALFORMED) >= 30
+def test_the_malformed_cases_are_refused_for_thirty_different_reasons(strict_gateway, keys):
+    """Not thirty ways to trip one check: the gateway's refusals of the cases differ."""
+    refusals = set()
+    for _case, body, status, param in MALFORMED:
+        error = check_openai_error(strict_gateway.post(body, keys.admin), status, param)
+        refusals.add((param, error["code"], error["message"]))
+    assert len(refusals) >= 30
 
 
 @pytest.mark.parametrize(

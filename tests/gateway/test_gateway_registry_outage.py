@@ -1,8 +1,8 @@
 """MLflow goes away under the real gateway and tiny engine: an adapter resolved before keeps
 serving (from the engine's verified cache, past its alias TTL), a name never resolved gets 503
-`registry_unavailable`, and /health says `degraded` but stays ready. When MLflow is back on the
-same port, the new name serves without restarting anything. The session's MLflow server is
-stopped for this and started again on the same data and port."""
+`registry_unavailable` with `Retry-After`, and /health says `degraded` but stays ready. When
+MLflow is back on the same port, the new name serves without restarting anything. The
+session's MLflow server is stopped for this and started again on the same data and port."""
 
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ def test_with_mlflow_down_resolved_adapters_serve_new_names_get_503_and_it_recov
             greedy(client, unseen)
         assert refused.value.status_code == 503
         assert refused.value.body["code"] == "registry_unavailable"
+        assert int(refused.value.response.headers["retry-after"]) >= 1
         health = httpx.get(f"{gateway.url}/health")
         assert health.status_code == 200, health.text
         assert health.json()["status"] == "degraded"

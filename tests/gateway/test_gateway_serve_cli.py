@@ -1,7 +1,9 @@
 """`gemlora serve CONFIG.yaml` end to end: it starts MLflow (the config names a local server
 that is not running), the vLLM engine and the gateway; the openai client gets an answer; the
 engine, SIGKILLed, is restarted while the gateway answers 503 with Retry-After and says why in
-/health; SIGTERM (what an orchestrator sends; Ctrl-C takes the same path) stops all three.
+/health; the engine, SIGSTOPped (hung: alive but not answering), is found by the supervisor's
+probes, killed and replaced without a SIGCONT while requests get a 503 at once; SIGTERM (what an
+orchestrator sends; Ctrl-C takes the same path) stops all three.
 Also `gemlora keys new` and the commands' --help."""
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -22,7 +25,7 @@ from gateway_helpers import BASE, free_port
 from openai import OpenAI
 
 from gemlora.paths import models_dir
-from gemlora.serve.gateway import load_keys
+from gemlora.serve.auth import load_keys
 
 GEMLORA = [sys.executable, "-m", "gemlora.cli"]
 
@@ -87,6 +90,57 @@ def kill_engine_and_see_it_restarted(url: str, engine_port: int) -> None:
     assert "gemlora_engine_restarts_total 1.0" in httpx.get(f"{url}/metrics").text
 
 
+def stop_engine_and_see_it_replaced(url: str, engine_port: int) -> float:
+    """SIGSTOP the engine's server (a wedged process, a stuck GPU): within the probes' time the
+    supervisor finds it hung; the stream and the request waiting on it end with a clean error,
+    new requests get a 503 with Retry-After at once, and a new engine serves, without SIGCONT.
+    Returns the seconds from the SIGSTOP to the end of the waiting stream."""
+    body = {"model": BASE, "messages": [{"role": "user", "content": "Hi"}]}
+    long_answer = body | {"max_tokens": 900, "stop": []}
+    waiting: list[httpx.Response] = []
+    chat = f"{url}/v1/chat/completions"
+    old_group = engine_process_group(engine_port)
+    with httpx.stream("POST", chat, json=long_answer | {"stream": True}, timeout=60) as stream:
+        events = stream.iter_lines()
+        assert next(events).startswith("data: ")  # generating
+        waiter = threading.Thread(
+            target=lambda: waiting.append(httpx.post(chat, json=long_answer, timeout=60))
+        )
+        waiter.start()
+        time.sleep(0.5)
+        os.kill(old_group, signal.SIGSTOP)  # the server process only, as `kill -STOP` does
+        stopped = time.monotonic()
+        rest = [line for line in events if line]
+    detected_s = time.monotonic() - stopped
+    assert rest[-1] == "data: [DONE]", rest[-3:]
+    error = json.loads(rest[-2].removeprefix("data: "))["error"]
+    assert error["code"] == "engine_stream_broken", error
+    assert detected_s < 20, detected_s  # 3 probes, 1 s apart, 2 s timeout each (the config)
+
+    health = httpx.get(f"{url}/health", timeout=10).json()
+    assert health["engine"].startswith("restarting: the engine stopped answering"), health
+    started = time.monotonic()
+    refused = httpx.post(chat, json=body, timeout=30)
+    assert time.monotonic() - started < 2, "a request waited on the hung engine"
+    assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["code"] == "engine_unavailable"
+    waiter.join(timeout=30)
+    assert waiting and waiting[0].status_code in (503, 504), waiting
+    assert waiting[0].json()["error"]["code"] in ("engine_unavailable", "engine_timeout")
+
+    deadline = time.monotonic() + 600
+    while httpx.get(f"{url}/health", timeout=10).json()["engine"] != "ok":
+        assert time.monotonic() < deadline, "the engine never came back"
+        time.sleep(1)
+    assert engine_process_group(engine_port) != old_group  # a new engine, not the old one
+    assert httpx.post(chat, json=body, timeout=120).status_code == 200
+    assert "gemlora_engine_restarts_total 2.0" in httpx.get(f"{url}/metrics").text
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(old_group, 0)
+        raise AssertionError("the hung engine's process group is still there")
+    return detected_s
+
+
 @pytest.mark.engine
 @pytest.mark.slow
 def test_serve_starts_mlflow_engine_and_gateway_and_sigterm_stops_them(built_models, tmp_path):
@@ -98,6 +152,8 @@ def test_serve_starts_mlflow_engine_and_gateway_and_sigterm_stops_them(built_mod
         "engine": {"base": BASE, "port": ports["engine"], "max_num_seqs": 4},
         "registry": {"tracking_uri": f"http://127.0.0.1:{ports['mlflow']}"},
         "gateway": {"port": ports["gateway"], "defaults": {"max_tokens": 4}},
+        # liveness probes quicker than the defaults (2 s apart, 3 s timeout), to keep it short
+        "restarts": {"probe_s": 1, "probe_timeout_s": 2, "probe_failures": 3},
     }
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -120,6 +176,8 @@ def test_serve_starts_mlflow_engine_and_gateway_and_sigterm_stops_them(built_mod
         assert completion.usage.completion_tokens <= 4  # the config's default max_tokens
         assert all(listening(port) for port in ports.values())
         kill_engine_and_see_it_restarted(url, ports["engine"])
+        detected_s = stop_engine_and_see_it_replaced(url, ports["engine"])
+        print(f"hung engine: its waiting stream ended {detected_s:.1f} s after the SIGSTOP")
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=90) == 0
@@ -135,6 +193,8 @@ def test_serve_starts_mlflow_engine_and_gateway_and_sigterm_stops_them(built_mod
     assert "started MLflow" in output and "stopped" in output
     assert "the engine exited with code -9; restarting it" in output
     assert "the engine is back after restart 1" in output
+    assert "the engine stopped answering (3 probes failed in a row); restarting it" in output
+    assert "the engine is back after restart 2" in output
     deadline = time.monotonic() + 30
     while any(listening(port) for port in ports.values()):
         assert time.monotonic() < deadline, f"still listening: {ports}\n{output}"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 from jobs_helpers import BASE, GatewayServer, jobs_gateway
 
-from gemlora.serve.gateway import ApiKey, hash_key, new_key
+from gemlora.serve.auth import ApiKey, hash_key, new_key
 
 
 @pytest.fixture(autouse=True)

@@ -72,6 +72,18 @@ def inline_jsonl(path: Path, count: int | None = None) -> bytes:
     return "".join(json.dumps(openai_record(e)) + "\n" for e in examples).encode()
 
 
+def upload_shapes(client: OpenAI, samples: Path, train: int = 16, held_out: int = 4) -> list:
+    """`train` training and `held_out` validation examples of shapes-vqa, images inline."""
+    directory = samples / "shapes-vqa"
+    files = []
+    for name, count in (("train", train), ("eval", held_out)):
+        if not count:
+            continue
+        data = inline_jsonl(directory / f"{name}.jsonl", count)
+        files.append(client.files.create(file=(f"{name}.jsonl", data), purpose="fine-tune"))
+    return files
+
+
 def jsonl(*records) -> bytes:
     """Lines of a JSONL file: dicts are dumped, strings kept as they are (broken lines)."""
     lines = [r if isinstance(r, str) else json.dumps(r) for r in records]

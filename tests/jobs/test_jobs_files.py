@@ -15,7 +15,7 @@ import pytest
 from gateway_helpers import ImageServer, png, resolver_for
 from jobs_helpers import client_for, free_port, inline_jsonl, jobs_gateway, jsonl
 
-from gemlora.data.remote import FetchPolicy
+from gemlora.data.safe_fetch import FetchPolicy
 from gemlora.serve.gateway import GatewayConfig, ImagePolicy
 
 DNS = {"images.test": ["127.0.0.1"], "private.test": ["10.1.2.3"]}

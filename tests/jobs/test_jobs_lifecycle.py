@@ -15,13 +15,14 @@ from jobs_helpers import (
     inline_jsonl,
     messages_of,
     tiny_settings,
+    upload_shapes,
     wait_for,
     wait_for_event,
 )
 
 from gemlora.adapters import AdapterNotFoundError
-from gemlora.adapters.verification import verification_of
-from gemlora.adapters.verify import verify_adapter
+from gemlora.adapters.fidelity_check import verify_adapter
+from gemlora.adapters.verification_record import verification_of
 
 pytestmark = pytest.mark.engine
 
@@ -36,18 +37,6 @@ def admin(gateway, keys) -> openai.OpenAI:
 @pytest.fixture(scope="module")
 def team(gateway, keys) -> openai.OpenAI:
     return client_for(gateway, keys.team)
-
-
-def upload_shapes(client: openai.OpenAI, samples, train: int = 16, held_out: int = 4):
-    """`train` training and `held_out` validation examples of shapes-vqa, images inline."""
-    directory = samples / "shapes-vqa"
-    files = []
-    for name, count in (("train", train), ("eval", held_out)):
-        if not count:
-            continue
-        data = inline_jsonl(directory / f"{name}.jsonl", count)
-        files.append(client.files.create(file=(f"{name}.jsonl", data), purpose="fine-tune"))
-    return files
 
 
 def image_question(samples) -> list[dict]:
@@ -235,13 +224,26 @@ def test_jobs_list_with_pagination_and_cancel_stops_training_without_a_version(
     assert team.fine_tuning.jobs.cancel(last.id).status == "cancelled"
 
 
-def test_a_paused_job_resumes_in_its_run_and_ends_at_the_same_step_count(admin, registry, samples):
+def test_a_job_paused_at_any_moment_resumes_in_its_run_to_the_same_step_count(
+    admin, registry, samples
+):
     (train,) = upload_shapes(admin, samples, held_out=0)
     settings = tiny_settings(max_steps=PAUSED_STEPS, save_steps=1000)
     settings["eval"] = {"generation_examples": 0}
     job = admin.fine_tuning.jobs.create(
         model=BASE, training_file=train.id, extra_body={"gemlora": settings}
     )
+    # Paused at once: its worker is still starting (imports, data, model), the pause waits.
+    wait_for(admin, job.id, "running")
+    admin.fine_tuning.jobs.pause(job.id)
+    early = wait_for(admin, job.id, "paused", timeout_s=180)
+    assert "Job paused before training its first step (step 0)" in " ".join(
+        messages_of(admin, job.id)
+    )
+    run_id = early.integrations[0].mlflow["run_id"]
+    assert _run_status(registry, run_id) == "SCHEDULED"
+    admin.fine_tuning.jobs.resume(job.id)
+
     wait_for_event(admin, job.id, f"Step 3/{PAUSED_STEPS}")
     paused = admin.fine_tuning.jobs.pause(job.id)
 
@@ -250,7 +252,7 @@ def test_a_paused_job_resumes_in_its_run_and_ends_at_the_same_step_count(admin, 
     step = checkpoint.step_number
     assert 3 <= step < PAUSED_STEPS
     assert f"Job paused at step {step} with a checkpoint" in " ".join(messages_of(admin, job.id))
-    run_id = paused.integrations[0].mlflow["run_id"]
+    assert paused.integrations[0].mlflow["run_id"] == run_id
     assert _run_status(registry, run_id) == "SCHEDULED"
     assert admin.fine_tuning.jobs.resume(job.id).status in ("queued", "running")
     done = wait_for(admin, job.id, "succeeded")
@@ -270,7 +272,7 @@ def test_a_paused_job_resumes_in_its_run_and_ends_at_the_same_step_count(admin, 
     assert sorted({m.step for m in history}) == list(range(1, PAUSED_STEPS + 1))
 
 
-def test_a_job_whose_data_does_not_fit_the_base_fails_naming_the_line(admin, samples):
+def test_a_job_whose_data_does_not_fit_the_base_fails_naming_the_line(admin, gateway, samples):
     (train,) = upload_shapes(admin, samples, train=4, held_out=0)
 
     job = admin.fine_tuning.jobs.create(
@@ -284,6 +286,7 @@ def test_a_job_whose_data_does_not_fit_the_base_fails_naming_the_line(admin, sam
     assert failed.error.param == "training_file"
     assert f"{train.id}.jsonl:1: error: " in failed.error.message
     assert "over the max length of 16" in failed.error.message
+    assert str(gateway.app.state.jobs.store.dir) not in failed.error.message  # no server path
     assert failed.fine_tuned_model is None and failed.finished_at is not None
     assert messages_of(admin, job.id)[-1].startswith("Fine-tuning failed: ")
 

@@ -37,7 +37,7 @@ def teach_reply(base: str, reply: str, out_dir: Path, steps: int = 14) -> Path:
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from gemlora.adapters.verify import load_reference_model
+    from gemlora.adapters.fidelity_check import load_reference_model
     from gemlora.bases import resolve_base
 
     torch.manual_seed(0)

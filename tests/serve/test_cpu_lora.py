@@ -161,3 +161,112 @@ def test_the_plugin_makes_it_the_cpu_platforms_punica_wrapper(monkeypatch):
     monkeypatch.delenv("GEMLORA_CPU_LORA")
     entry.load()()
     assert current_platform.get_punica_wrapper() == QUALNAME
+
+
+# --- bf16 (the engines' dtype where the CPU has AVX512-BF16 or AMX) ---------------------------
+
+# bf16 keeps 8 bits of mantissa: one rounding is a relative error of 2^-9, and the kernels round
+# the input, the weights, the rank-r intermediate (float32 in vLLM's kernels, bf16 in gemlora's
+# fused path) and the output. Measured here: the largest error is 0.8% of the largest LoRA term
+# (27-37 in these tests); a wrong slot is off by the size of the term itself, and B weights 5%
+# off already fail.
+BF16_TOLERANCE = 0.02
+
+
+def reference_lora(y, x, lora_a, lora_b, slots, scale: float, sizes) -> torch.Tensor:
+    """`y[t, slice i] + scale * x[t] @ A_i[slot].T @ B_i[slot].T` for every token with a slot, in
+    float32 plain matmuls on the (bf16-rounded) values upcast: what exact arithmetic gives."""
+    out = y.float().clone()
+    for token, slot in enumerate(slots.tolist()):
+        if slot < 0:
+            continue
+        offset = 0
+        for stacked_a, stacked_b, size in zip(lora_a, lora_b, sizes, strict=True):
+            a, b = stacked_a[slot, 0].float(), stacked_b[slot, 0].float()
+            out[token, offset : offset + size] += scale * (x[token].float() @ a.T) @ b[:size].T
+            offset += size
+    return out
+
+
+def assert_close_to_reference(ours: torch.Tensor, reference: torch.Tensor, before) -> None:
+    """Within BF16_TOLERANCE of the largest LoRA term; rows without an adapter exactly as
+    they were."""
+    term = (reference - before.float()).abs().max()
+    assert term > 1.0  # the LoRA terms are there to be checked
+    error = (ours.float() - reference).abs().max()
+    assert error <= BF16_TOLERANCE * term, f"max error {error:.4f} over a term of {term:.2f}"
+
+
+@pytest.mark.parametrize("prefill", [False, True])
+@pytest.mark.parametrize(
+    "token_slots", [[2] * 7, [0, 0, 3, 1, 1, 1, 3], [-1, 1, -1, 0, 1, 3]], ids=str
+)
+def test_grouped_kernels_in_bf16_equal_an_fp32_reference(token_slots, prefill, layout):
+    """Activations, weights and output in bf16, as an engine with `--dtype bfloat16` runs
+    them (the filler mask stays float32: multiplied into bf16 rows in place)."""
+    torch.manual_seed(0)
+    bf16 = torch.bfloat16
+    slots = torch.tensor(token_slots)
+    x = torch.randn(len(slots), IN, dtype=bf16)
+    lora_a = (stacked(RANK, IN).to(bf16), stacked(RANK, IN).to(bf16))
+    lora_b = (stacked(OUT, RANK).to(bf16), stacked(OUT, RANK).to(bf16))
+    before = layer_output(len(slots)).to(bf16)
+    y = before.clone()
+    wrapper(GroupedPunicaWrapperCPU, slots, prefill).add_lora_linear(
+        y, x, lora_a, lora_b, 0.5, (OUT, OUT)
+    )
+    assert y.dtype == bf16
+    reference = reference_lora(before, x, lora_a, lora_b, slots, 0.5, (OUT, OUT))
+    assert_close_to_reference(y, reference, before)
+    assert torch.equal(y[slots < 0], before[slots < 0])
+
+
+@pytest.mark.parametrize("token_slots", [[0, 0, 3, 1, 1, 1, 3], [-1, 2, 0, -1, 2]], ids=str)
+def test_single_kernels_in_bf16_equal_an_fp32_reference(token_slots, layout):
+    """`add_shrink` into vLLM's float32 buffer from bf16 activations and weights, then
+    `add_expand` from that buffer into a bf16 output (vLLM's logits LoRA calls them so)."""
+    torch.manual_seed(0)
+    bf16 = torch.bfloat16
+    slots = torch.tensor(token_slots)
+    x = torch.randn(len(slots), IN, dtype=bf16)
+    lora_a, lora_b = (stacked(RANK, IN).to(bf16),), (stacked(OUT, RANK).to(bf16),)
+    punica = wrapper(GroupedPunicaWrapperCPU, slots, prefill=False)
+    shrunk = torch.full((1, len(slots), RANK), 7.0)
+    punica.add_shrink(shrunk, x, lora_a, 0.5)
+    before = torch.zeros(len(slots), 2 * OUT, dtype=bf16)
+    y = before.clone()
+    punica.add_expand(y, shrunk, lora_b, (OUT,), offset_start=OUT)
+    adapted = slots >= 0
+    expected_shrunk = torch.zeros(len(slots), RANK)
+    for token, slot in enumerate(slots.tolist()):
+        if slot >= 0:
+            expected_shrunk[token] = 0.5 * x[token].float() @ lora_a[0][slot, 0].float().T
+    torch.testing.assert_close(shrunk[0], expected_shrunk, rtol=1e-5, atol=1e-4)  # fp32 math
+    expected = before.float().clone()
+    for token, slot in enumerate(slots.tolist()):
+        if slot >= 0:
+            expected[token, OUT:] += shrunk[0, token] @ lora_b[0][slot, 0].float().T
+    assert_close_to_reference(y, expected, before)
+    assert not y[:, :OUT].any() and not y[~adapted].any()
+
+
+def test_the_first_kernel_call_with_adapters_logs_once(caplog):
+    """The line an engine's log shows once LoRA requests ran through these kernels (read by
+    tests/serve/test_engine_cpu_lora.py); a batch without adapters logs nothing."""
+    from gemlora.serve.cpu_lora import FIRST_USE
+
+    torch.manual_seed(0)
+    lora_a, lora_b = (stacked(RANK, IN),) * 2, (stacked(OUT, RANK),) * 2
+    caplog.set_level("INFO", logger="gemlora.cpu_lora")
+
+    def first_use_lines(token_slots) -> list[str]:
+        caplog.clear()
+        slots = torch.tensor(token_slots)
+        punica = wrapper(GroupedPunicaWrapperCPU, slots, prefill=False)
+        for _ in range(3):  # three steps
+            lora_linear(punica, torch.randn(len(slots), IN), lora_a, lora_b)
+        return [r.getMessage() for r in caplog.records if FIRST_USE in r.getMessage()]
+
+    assert first_use_lines([-1, -1]) == []
+    assert first_use_lines([0, 2, -1, 2]) == [f"{FIRST_USE} (padded blocks)"]
+    assert first_use_lines([1, 1]) == [f"{FIRST_USE} (one adapter)"]

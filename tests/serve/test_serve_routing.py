@@ -12,13 +12,13 @@ from serve_helpers import BASES, HELD_OUT, REPLY_A, REPLY_B
 from typer.testing import CliRunner
 
 from gemlora.adapters import AdapterMetadata
-from gemlora.adapters.verification import verification_of
-from gemlora.adapters.verify import (
+from gemlora.adapters.fidelity_check import (
     VERIFY_TAG,
     load_reference_model,
     reference_greedy_ids,
     serve_text,
 )
+from gemlora.adapters.verification_record import verification_of
 from gemlora.bases import resolve_base
 
 pytestmark = pytest.mark.engine

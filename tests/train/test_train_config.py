@@ -212,3 +212,19 @@ def test_cli_reports_config_errors_with_exit_code_2(tmp_path):
     assert "base.compute_dtype: fp16 is refused for Gemma 3" in result.output
     assert "lora.rank: unknown field" in result.output
     assert "training.lr: " in result.output
+
+
+def test_every_method_of_the_config_is_a_registered_training_method():
+    """`method:` values and the `gemlora.train_methods` entry points agree, and each one loads
+    as the TrainingMethod of that name."""
+    from typing import get_args
+
+    from gemlora.train.config import Method
+    from gemlora.train.methods import TrainingMethod, method_names, training_method
+
+    assert set(get_args(Method)) == set(method_names())
+    for name in method_names():
+        method = training_method(name)
+        assert isinstance(method, TrainingMethod) and method.name == name
+    with pytest.raises(LookupError, match="no training method 'reinforcement'"):
+        training_method("reinforcement")

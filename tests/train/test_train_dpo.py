@@ -179,7 +179,12 @@ def sft_then_dpo(built_models, mlflow_server, shapes, shapes_pairs, tmp_path_fac
     )
     dpo["base"]["init_adapter"] = f"{name}@candidate"
     dpo["lora"] = {"r": 16, "alpha": 32}
-    dpo["output"]["promote_if"] = {"metric": "eval_rewards_accuracy", "to": "champion"}
+    # No engine verifies it here: opt in to promoting unverified versions.
+    dpo["output"]["promote_if"] = {
+        "metric": "eval_rewards_accuracy",
+        "to": "champion",
+        "verification": "not_failed",
+    }
     config = parse_config(dpo)
     return parent, config, run_training(config)
 
@@ -254,9 +259,9 @@ def test_dpo_run_logs_rewards_per_step_and_on_held_out_pairs(sft_then_dpo, mlflo
     assert artifacts == {"eval/generations.json", "eval/margins.json"}
 
     log = events(result.run_dir)
-    steps = [e["step"] for e in log if e["event"] == "log" and "rewards/accuracies" in e]
+    steps = [e.step for e in log if e.event == "log" and "rewards/accuracies" in e.metrics]
     assert steps == [1, 2, 3, 4]
-    kinds = [e["event"] for e in log]
+    kinds = [e.event for e in log]
     assert kinds.index("margin_eval") < kinds.index("generation_eval") < kinds.index("finished")
     state = json.loads((result.run_dir / "run.json").read_text())
     assert state["init_adapter"] == f"{config.output.name}/{parent.version}"
@@ -303,28 +308,46 @@ def test_dpo_trains_an_nf4_base(built_models, mlflow_server, shapes_pairs, tmp_p
     assert b_tensors and all(tensor.abs().sum() > 0 for tensor in b_tensors.values())
 
 
-def test_dpo_loss_through_the_fast_head_equals_trls(built_models, shapes_pairs, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_dpo_trainer(built_models, shapes_pairs, tmp_path_factory):
+    """gemlora's DPO trainer on the tiny multimodal base and the image pairs, built but not
+    trained; batches of 3 pairs, so the 4 held-out pairs are evaluated in batches of 3 and 1."""
+    from gemlora.bases import resolve_base
+    from gemlora.train.dataset import load_training_data
+    from gemlora.train.dpo import DpoMethod
+    from gemlora.train.model import load_base
+
+    run_dir = tmp_path_factory.mktemp("dpo-trainer")
+    document = tiny_dpo_document(
+        shapes_pairs, name="x", tracking_uri="http://127.0.0.1:1", run_dir=run_dir
+    )
+    document["training"]["batch_size"] = 3
+    config = parse_config(document)
+    data = load_training_data(config.data, "tiny-gemma-3-mm", "dpo")
+    loaded = load_base(config.base, resolve_base("tiny-gemma-3-mm"))
+    return DpoMethod().build_trainer(config, loaded, data, run_dir, None)
+
+
+def randomize_adapter(trainer, seed: int) -> None:
+    """A trained-looking adapter (B != 0): the policy differs from the reference."""
+    import torch
+
+    torch.manual_seed(seed)
+    for parameter in trainer.model.parameters():
+        if parameter.requires_grad:
+            parameter.data.normal_(0, 0.05)
+
+
+def test_dpo_loss_through_the_fast_head_equals_trls(tiny_dpo_trainer):
     """One batch of image pairs: loss and reward metrics with gemlora's loss head (labelled
     positions only, CPU kernel) are TRL's own."""
     import torch
     from trl import DPOTrainer
 
-    from gemlora.bases import resolve_base
-    from gemlora.train.dataset import load_training_data
-    from gemlora.train.dpo import build_trainer
-    from gemlora.train.model import load_base
-
-    document = tiny_dpo_document(
-        shapes_pairs, name="x", tracking_uri="http://127.0.0.1:1", run_dir=tmp_path
-    )
-    config = parse_config(document)
-    data = load_training_data(config.data, "tiny-gemma-3-mm", "dpo")
-    loaded = load_base(config.base, resolve_base("tiny-gemma-3-mm"))
-    trainer = build_trainer(config, loaded, data, tmp_path, None)
-    torch.manual_seed(0)
-    for parameter in trainer.model.parameters():  # a trained-looking adapter, not B = 0
-        if parameter.requires_grad:
-            parameter.data.normal_(0, 0.05)
+    trainer = tiny_dpo_trainer
+    randomize_adapter(trainer, 0)
+    trainer._metrics["train"].clear()
+    trainer.model.zero_grad()
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     trainer.model.train()
     fast = trainer.compute_loss(trainer.model, batch)
@@ -341,6 +364,48 @@ def test_dpo_loss_through_the_fast_head_equals_trls(built_models, shapes_pairs, 
     for name in REWARDS:
         first, second = metrics[name]
         assert first == pytest.approx(second, rel=1e-3, abs=1e-5), name
+
+
+def test_held_out_reward_accuracy_from_trls_eval_is_a_mean_over_pairs(tiny_dpo_trainer):
+    """`trainer.evaluate()` (TRL's eval loop, gemlora's trainer) on 4 held-out pairs in batches
+    of 3 and 1 reports the rewards of each pair, computed here one pair at a time from the full
+    logits of the policy and of the reference (the adapter switched off), averaged over pairs:
+    TRL's mean of batch means would count the last pair three times."""
+    import torch
+
+    trainer = tiny_dpo_trainer
+    # Measured with this seed: margins +0.010, +0.031, -0.018, -0.014 (2 of 4 pairs right:
+    # 0.5 over pairs, 0.33 as the mean of the batches' means).
+    randomize_adapter(trainer, 3)
+    model, beta = trainer.model, trainer.args.beta
+    assert [len(batch["input_ids"]) // 2 for batch in trainer.get_eval_dataloader()] == [3, 1]
+    metrics = trainer.evaluate()
+
+    def reply_logps(inputs: dict) -> torch.Tensor:
+        """Summed log-probabilities of each row's reply tokens (chosen row, rejected row)."""
+        kwargs = {k: v for k, v in inputs.items() if k != "completion_mask"}
+        logits = model(**kwargs).logits[:, :-1].float()
+        tokens = inputs["input_ids"][:, 1:]
+        per_token = torch.log_softmax(logits, -1).gather(-1, tokens[..., None])[..., 0]
+        return (per_token * inputs["completion_mask"][:, 1:]).sum(-1)
+
+    margins = []  # chosen reward - rejected reward, per pair
+    model.eval()
+    with torch.no_grad():
+        for row in trainer.eval_dataset:
+            inputs = trainer._prepare_inputs(trainer.data_collator([row]))
+            policy = reply_logps(inputs)
+            with model.disable_adapter():
+                reference = reply_logps(inputs)
+            chosen, rejected = beta * (policy - reference)
+            margins.append(float(chosen - rejected))
+    assert len(margins) == 4 and min(abs(m) for m in margins) > 1e-3  # no near-ties
+    correct = [float(m > 0) for m in margins]
+    per_pair = sum(correct) / 4
+    batch_means = (sum(correct[:3]) / 3 + correct[3]) / 2
+    assert per_pair != batch_means  # the pairs tell the two averages apart
+    assert metrics["eval_rewards/accuracies"] == pytest.approx(per_pair)
+    assert metrics["eval_rewards/margins"] == pytest.approx(sum(margins) / 4, rel=1e-3)
 
 
 # --- the 270M -----------------------------------------------------------------------------------

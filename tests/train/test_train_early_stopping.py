@@ -7,9 +7,8 @@ import pytest
 from safetensors.torch import load_file
 
 from gemlora.config import ConfigError
-from gemlora.rundir import PROGRESS_FILE
+from gemlora.rundir import ProgressLog
 from gemlora.train import run_training
-from gemlora.train.tracking import ProgressLog
 
 MAX_STEPS = 16
 
@@ -26,11 +25,11 @@ def test_early_stopping_registers_the_best_checkpoint(tiny_config, mlflow_server
 
     result = run_training(config)
 
-    records = ProgressLog(result.run_dir / PROGRESS_FILE).read()
-    losses = {r["step"]: r["eval_loss"] for r in records if r["event"] == "eval" and r["step"]}
-    (best,) = [r for r in records if r["event"] == "best_checkpoint"]
-    assert result.global_step < MAX_STEPS and best["stopped_early"], losses
-    assert result.best_step == best["step"] == min(losses, key=losses.get), losses
+    records = ProgressLog.of(result.run_dir).read()
+    losses = {r.step: r.loss for r in records if r.event == "eval" and r.step}
+    (best,) = [r for r in records if r.event == "best_checkpoint"]
+    assert result.global_step < MAX_STEPS and best.stopped_early, losses
+    assert result.best_step == best.step == min(losses, key=losses.get), losses
     assert result.global_step - result.best_step == 2  # two evaluations without improvement
     registered = load_file(result.adapter_dir / "adapter_model.safetensors")
     checkpoint = result.run_dir / "checkpoints" / f"checkpoint-{result.best_step}"

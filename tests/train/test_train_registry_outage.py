@@ -12,9 +12,8 @@ from train_helpers import free_port
 from gemlora.adapters import AdapterMetadata, AdapterRegistry, RegistryConfig
 from gemlora.adapters import RegistryUnavailableError as Unavailable
 from gemlora.adapters.mlflow_server import start_mlflow_server
-from gemlora.serve.jobs.progress import describe
+from gemlora.rundir import ProgressLog
 from gemlora.train.run import register_with_retry
-from gemlora.train.tracking import ProgressLog
 
 BASE = "tiny-gemma-3-mm"
 
@@ -59,9 +58,9 @@ def test_registration_waits_for_mlflow_to_come_back(adapter, tmp_path, quick_fai
         late.join()
         for server in servers:
             server.stop()
-    waits = [r for r in progress.read() if r["event"] == "registry_unavailable"]
-    assert waits and "cannot use the MLflow registry" in waits[0]["error"]
-    level, message, _ = describe(waits[0])
+    waits = [r for r in progress.read() if r.event == "registry_unavailable"]
+    assert waits and "cannot use the MLflow registry" in waits[0].error
+    level, message, _ = waits[0].describe()
     assert level == "warn" and message.startswith("MLflow is unreachable; the adapter is kept")
 
 

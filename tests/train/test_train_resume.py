@@ -37,19 +37,19 @@ def test_resume_after_kill_continues_the_same_run(tiny_config, mlflow_server, tm
     first.wait(timeout=30)
     run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
     assert MlflowClient(mlflow_server.url).get_run(run_id).info.status == "RUNNING"
-    assert not any(e["event"] == "finished" for e in events(run_dir))
+    assert not any(e.event == "finished" for e in events(run_dir))
 
     resumed = start_train(path, log, "--resume")
     assert resumed.wait(timeout=300) == 0, log_tail(log)
 
     log_events = events(run_dir)
-    begins = [e for e in log_events if e["event"] == "train_begin"]
-    assert [e["step"] for e in begins] == [0, begins[-1]["step"]]
-    assert killed_at <= begins[-1]["step"] < MAX_STEPS  # from a checkpoint, not from scratch
+    begins = [e for e in log_events if e.event == "train_begin"]
+    assert [e.step for e in begins] == [0, begins[-1].step]
+    assert killed_at <= begins[-1].step < MAX_STEPS  # from a checkpoint, not from scratch
     finished = log_events[-1]
-    assert finished["event"] == "finished"
-    assert finished["step"] == MAX_STEPS  # the step count of an uninterrupted run
-    assert finished["run_id"] == run_id
+    assert finished.event == "finished"
+    assert finished.step == MAX_STEPS  # the step count of an uninterrupted run
+    assert finished.run_id == run_id
     last_checkpoint = run_dir / "checkpoints" / f"checkpoint-{MAX_STEPS}"
     state = json.loads((last_checkpoint / "trainer_state.json").read_text())
     assert state["global_step"] == MAX_STEPS
@@ -74,14 +74,14 @@ def test_sigterm_stops_promptly_and_registers_nothing(tiny_config, mlflow_server
     run_dir, log = config.output.dir, tmp_path / "train.log"
 
     process = start_train(path, log)
-    wait_for(lambda: any(e["event"] == "log" for e in events(run_dir)), process, log)
+    wait_for(lambda: any(e.event == "log" for e in events(run_dir)), process, log)
     process.send_signal(signal.SIGTERM)
     started = time.monotonic()
     assert process.wait(timeout=60) == EXIT_CANCELLED, log_tail(log)
     assert time.monotonic() - started < 15
 
     last = events(run_dir)[-1]
-    assert last["event"] == "cancelled" and "SIGTERM" in last["reason"]
+    assert last.event == "cancelled" and "SIGTERM" in last.reason
     run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
     assert MlflowClient(mlflow_server.url).get_run(run_id).info.status == "KILLED"
     registry = AdapterRegistry(RegistryConfig(tracking_uri=mlflow_server.url, cache_dir=tmp_path))

@@ -41,9 +41,10 @@ def test_run_registers_a_version_linked_to_the_run(tiny_run, mlflow_server, tmp_
     (version,) = details.versions
     assert version.version == result.version == 1
     assert version.run_id == result.run_id
-    # The alias, and promote_if: with no champion yet, the first version becomes it.
-    assert details.aliases == {"candidate": 1, "champion": 1}
-    assert result.promoted is True
+    # The alias; promote_if fails closed: no engine verified the version (none at
+    # output.verify.engine_url), so the default rule (`passed`) leaves champion unset.
+    assert details.aliases == {"candidate": 1}
+    assert result.verification is None and result.promoted is False
     metadata = version.metadata
     assert metadata.base == "tiny-gemma-3-mm"
     assert metadata.base_quantization == "none"
@@ -141,13 +142,15 @@ def test_run_logs_datasets_and_artifacts(tiny_run, mlflow_server):
 def test_progress_events_tell_the_whole_run(tiny_run):
     _, result = tiny_run
     log = events(result.run_dir)
-    kinds = [event["event"] for event in log]
+    kinds = [event.event for event in log]
     assert kinds[0] == "start" and kinds[-1] == "finished"
     for kind in ("train_begin", "checkpoint", "train_end", "eval", "generation_eval", "registered"):
         assert kind in kinds, kind
-    steps = [event["step"] for event in log if event["event"] == "log" and "loss" in event]
+    steps = [event.step for event in log if event.event == "log" and "loss" in event.metrics]
     assert steps == [1, 2, 3, 4]
-    assert log[-1]["version"] == 1 and log[-1]["run_id"] == result.run_id
+    assert log[-1].version == 1 and log[-1].run_id == result.run_id
+    promotion = next(event for event in log if event.event == "promotion")
+    assert "unverified" in kinds and promotion.moved is False  # fails closed
     state = json.loads((result.run_dir / "run.json").read_text())
     assert state["run_id"] == result.run_id and state["status"] == "finished"
 
@@ -162,7 +165,7 @@ def test_nf4_qlora_keeps_learning_after_a_mid_training_eval(tiny_config):
         output={"register_adapter": False},
     )
     result = run_training(config)
-    evals = [e["step"] for e in events(result.run_dir) if e["event"] == "eval"]
+    evals = [e.step for e in events(result.run_dir) if e.event == "eval"]
     assert evals[:2] == [2, 4]
     checkpoints = result.run_dir / "checkpoints"
     after_first_eval = lora_tensors(checkpoints / "checkpoint-4")
@@ -214,7 +217,7 @@ def test_bad_dataset_line_is_named(tiny_config, shapes, tmp_path, mlflow_server)
         run_training(config)
     assert f"{broken}:3" in str(caught.value)
     failed = events(config.output.dir)[-1]
-    assert failed["event"] == "failed" and f"{broken}:3" in failed["error"]
+    assert failed.event == "failed" and f"{broken}:3" in failed.error
     # Nothing reached MLflow: the data is checked before the run starts.
     assert json.loads((config.output.dir / "run.json").read_text()).get("run_id") is None
 

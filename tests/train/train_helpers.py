@@ -95,10 +95,11 @@ def changed(before: dict, after: dict) -> int:
     return sum(not torch.equal(before[key], after[key]) for key in before)
 
 
-def events(run_dir: Path) -> list[dict]:
-    from gemlora.train.tracking import ProgressLog
+def events(run_dir: Path) -> list:
+    """The run's progress events, each parsed as its model (a line that is not fails here)."""
+    from gemlora.rundir import ProgressLog
 
-    return ProgressLog(run_dir / "progress.jsonl").read()
+    return ProgressLog.of(run_dir).read(strict=True)
 
 
 def start_train(config_path: Path, log: Path, *args: str) -> subprocess.Popen:

@@ -1,7 +1,8 @@
 """`gemlora serve CONFIG.yaml`: MLflow (when the registry is a local server that is not running),
 the vLLM engine and the gateway, in the foreground; Ctrl-C (or SIGTERM) stops all three. A
 crashed engine or MLflow server is restarted (`serve/supervisor.py`, the config's `restarts:`).
-`gemlora keys new ID`: a new API key, stored hashed in a keys file.
+
+It starts the whole stack, so it sits beside the gateway and the engine rather than in either.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from rich.console import Console
 
 console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
-
-keys_app = typer.Typer(no_args_is_help=True, help="Create API keys for the gateway.")
 
 
 def serve_command(
@@ -118,7 +117,13 @@ def _start_engine(config, running: contextlib.ExitStack):
             raise
         return engine
 
-    supervisor = Supervisor("engine", healthy_engine, config.restarts)
+    def answers(engine, timeout_s: float) -> bool:
+        # liveness: a stopped or wedged engine has a live process and no answers
+        import httpx
+
+        return httpx.get(f"{engine.url}/health", timeout=timeout_s).status_code == 200
+
+    supervisor = Supervisor("engine", healthy_engine, config.restarts, probe=answers)
     with console.status(f"starting vLLM on {config.engine.base} (log: {log}) ..."):
         engine = supervisor.start()
     running.callback(supervisor.stop)
@@ -159,46 +164,3 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2.0).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-@keys_app.command("new")
-def new_key_command(
-    key_id: Annotated[str, typer.Argument(help="Name of the key in logs and metrics.")],
-    keys_file: Annotated[
-        Path, typer.Option("--file", help="Keys file to add the key to (created if missing).")
-    ],
-    models: Annotated[
-        list[str] | None,
-        typer.Option("--model", help="fnmatch pattern of models it may use (repeatable)."),
-    ] = None,
-    rpm: Annotated[
-        int | None, typer.Option("--rpm", help="Requests per minute (default: unlimited).")
-    ] = None,
-) -> None:
-    """Create an API key: its sha256 goes into the keys file, the key is printed once."""
-    from gemlora.serve.gateway.auth import ApiKey, hash_key, keys_document, new_key, parse_keys
-
-    try:
-        existing = parse_keys(keys_file.read_text(), str(keys_file)) if keys_file.exists() else []
-    except ValueError as error:
-        errors.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
-    if any(key.id == key_id for key in existing):
-        errors.print(f"[red]error:[/red] {keys_file} already has a key {key_id!r}")
-        raise typer.Exit(1)
-    secret = new_key()
-    try:
-        key = ApiKey(
-            id=key_id,
-            sha256=hash_key(secret),
-            models=tuple(models or ["*"]),
-            requests_per_minute=rpm,
-        )
-    except ValueError as error:
-        errors.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from None
-    keys_file.parent.mkdir(parents=True, exist_ok=True)
-    keys_file.write_text(keys_document([*existing, key]))
-    keys_file.chmod(0o600)
-    console.print(f"added key {key_id!r} to {keys_file}; the key (shown only now):")
-    typer.echo(secret)

@@ -5,12 +5,16 @@ engine with the adapter's reference as `model`. Text prompts go to the engine as
 tokenization cannot differ); on a multimodal base, image prompts go through its chat API, and
 the prompt ids the engine reports must equal transformers' (same template, same image tokens).
 
-Each prompt passes when the greedy tokens are equal. Where they differ it passes only if the
-difference is a near-tie: teacher-forced on the engine's answer, PEFT gives the engine's top
-tokens the log-probabilities the engine gave them, within `tolerance` nats at every position.
-(A random tiny model's next-token distribution is nearly flat, so float noise flips its greedy
-choices; a dropped or wrong adapter moves log-probabilities by far more.) The result is recorded
-on the model version as the tag `gemlora.verify` (`gemlora.adapters.verification`).
+Each prompt is judged by log-probabilities, always: teacher-forced on the engine's answer, PEFT
+must give the engine's top tokens the log-probabilities the engine gave them, within `tolerance`
+nats at every position. Equal greedy tokens are not enough: a small difference (an adapter whose
+vision-tower weights were dropped, say) can move every log-probability without flipping a greedy
+choice. Unequal greedy tokens are not a failure on their own: a random tiny model's next-token
+distribution is nearly flat, so float noise flips its greedy choices, within the tolerance.
+
+The result is recorded on the model version as the tag `gemlora.verify`
+(`gemlora.adapters.verification_record`): passed or failed when the check ran, `error` with the
+reason when it broke (an exception inside the check), never left unverified.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -26,11 +31,18 @@ import httpx
 from pydantic import BaseModel, Field
 
 from gemlora.adapters.errors import AdapterError
-from gemlora.adapters.verification import DEFAULT_TOLERANCE, VERIFY_TAG, Verification
+from gemlora.adapters.verification_record import (
+    DEFAULT_TOLERANCE,
+    VERIFY_TAG,
+    Verification,
+    error_record,
+)
 from gemlora.bases import BaseSpec
 
 if TYPE_CHECKING:
     from PIL.Image import Image
+
+logger = logging.getLogger(__name__)
 
 # Held-out prompts when the caller gives none: short, plain and unlike any training set here.
 DEFAULT_PROMPTS = (
@@ -83,8 +95,8 @@ class PromptCheck(BaseModel):
     reference: list[int] = Field(description="PEFT + transformers greedy token ids.")
     served: list[int] = Field(description="The engine's greedy token ids.")
     max_logprob_gap: float = Field(
-        description="Largest |engine - PEFT| log-probability of the engine's top tokens, "
-        "teacher-forced on the engine's answer."
+        description="Largest |engine - PEFT| log-probability of the engine's top tokens at any "
+        "position, teacher-forced on the engine's answer."
     )
 
     @property
@@ -100,7 +112,8 @@ class PromptCheck(BaseModel):
         return self.reference == self.served
 
     def passed(self, tolerance: float) -> bool:
-        return self.identical or self.max_logprob_gap <= tolerance
+        """By the log-probability gap alone: equal greedy tokens prove too little (see above)."""
+        return self.max_logprob_gap <= tolerance
 
 
 class EngineRefusedError(AdapterError):
@@ -138,7 +151,7 @@ class VerifyReport(BaseModel):
         return Verification(
             passed=self.passed,
             agreement=round(self.agreement, 4),
-            compared_by="tokens" if self.identical else "tokens+logprobs",
+            compared_by="logprobs",
             tolerance=self.tolerance,
             max_logprob_gap=round(max((p.max_logprob_gap for p in self.prompts), default=0), 4),
             prompts=len(self.prompts),
@@ -389,7 +402,17 @@ class Verifier:
         self.base_model = load_reference_model(self.spec, None, dtype)
 
     def verify(self, registry, ref: str, record: bool = True) -> VerifyReport:
-        """Check `ref` and record the result as the `gemlora.verify` tag of its version."""
+        """Check `ref` and record the result as the `gemlora.verify` tag of its version. An
+        exception inside the check is recorded as `error` (with its reason) and raised."""
+        version = registry.lookup(ref)  # the version to record on: missing, or MLflow down, raise
+        try:
+            return self._verify(registry, ref, record)
+        except Exception as error:
+            if record:
+                record_error(registry, version.name, version.version, error, self.spec.name)
+            raise
+
+    def _verify(self, registry, ref: str, record: bool) -> VerifyReport:
         from peft import PeftModel
 
         from gemlora.precision import resolve_precision
@@ -423,6 +446,21 @@ class Verifier:
 
     def _check(self, model, ref: str, prompt: VerifyPrompt) -> PromptCheck:
         return check_prompt(self.engine_url, ref, model, self.processor, prompt, self.tokens)
+
+
+def record_error(
+    registry, name: str, version: int, error: BaseException | str, engine_base: str = ""
+) -> bool:
+    """Record that the check of `name/version` broke (`error`, with the reason) as its
+    `gemlora.verify` tag; False when even that failed (e.g. MLflow is down: the version then
+    stays unverified, which the default promotion rule refuses too)."""
+    tag = error_record(error, engine_base).to_tag()
+    try:
+        registry.set_version_tag(name, version, VERIFY_TAG, tag)
+    except AdapterError:
+        logger.exception("could not record the verification error of %s/%s", name, version)
+        return False
+    return True
 
 
 def verify_adapter(

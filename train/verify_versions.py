@@ -4,21 +4,27 @@ When an engine serving this base's family answers at `output.verify.engine_url` 
 always points at its own), PEFT + transformers and the engine answer the same held-out prompts,
 with the run's held-out images on a multimodal base, and the result is recorded on the version
 (`gemlora.verify`), before `promote_if` looks at it. No engine there: the version stays
-unverified, and the run says so.
+unverified, and the run says so. A check that breaks (an exception inside the verifier) is
+recorded on the version as `error` with its reason; by default neither is promoted.
 """
 
 from __future__ import annotations
 
-from gemlora.adapters.verification import Verification
+from gemlora.adapters.verification_record import Verification
+from gemlora.run_events import CheckpointRegistered, Unverified, VerificationError, Verified
+from gemlora.rundir import ProgressLog
 from gemlora.train.config import TrainConfig
 
 
-def verify_registered(config: TrainConfig, registry, version: int, data, progress):
+def verify_registered(
+    config: TrainConfig, registry, version: int, data, progress: ProgressLog
+) -> Verification | None:
     """Verify the final version, then (`output.verify.checkpoints`) the run's checkpoint
     versions; returns the final version's verification, or None when no engine serving the
-    base was reachable."""
+    base was reachable. An error verifying the final version is raised (the caller records it);
+    one verifying a checkpoint is recorded on that version and the others are still checked."""
     from gemlora.adapters.compat import lookup_base
-    from gemlora.adapters.verify import Verifier, engine_base
+    from gemlora.adapters.fidelity_check import Verifier, engine_base, record_error
 
     settings = config.output.verify
     if settings.engine_url is None:
@@ -28,13 +34,15 @@ def verify_registered(config: TrainConfig, registry, version: int, data, progres
         served = settings.engine_base
     trained, engine_spec = lookup_base(config.base.model), lookup_base(served or "")
     if served is None or engine_spec is None or trained is None:
-        progress.write("unverified", reason=f"no engine of a known base at {settings.engine_url}")
+        reason = f"no engine of a known base at {settings.engine_url}"
+        progress.write(Unverified(reason=reason))
         return None
     if engine_spec.family != trained.family:
-        progress.write(
-            "unverified", reason=f"the engine at {settings.engine_url} serves {served}, not "
-            f"a base of the {trained.family} family",
-        )  # fmt: skip
+        reason = (
+            f"the engine at {settings.engine_url} serves {served}, not a base of the "
+            f"{trained.family} family"
+        )
+        progress.write(Unverified(reason=reason))
         return None
     verifier = Verifier(
         settings.engine_url,
@@ -47,26 +55,32 @@ def verify_registered(config: TrainConfig, registry, version: int, data, progres
     final = _verify(verifier, registry, config.output.name, version, progress)
     if settings.checkpoints:
         for checkpoint in checkpoint_versions(progress):
-            _verify(verifier, registry, config.output.name, checkpoint, progress)
+            try:
+                _verify(verifier, registry, config.output.name, checkpoint, progress)
+            except Exception as error:
+                reason = f"{type(error).__name__}: {error}"
+                recorded = record_error(registry, config.output.name, checkpoint, reason, served)
+                progress.write(
+                    VerificationError(version=checkpoint, reason=reason, recorded=recorded)
+                )
     return final
 
 
-def checkpoint_versions(progress) -> list[int]:
+def checkpoint_versions(progress: ProgressLog) -> list[int]:
     """The versions this run registered for its checkpoints (before a pause or a restart too)."""
-    records = progress.read()
-    return [r["version"] for r in records if r.get("event") == "checkpoint_registered"]
+    return [e.version for e in progress.read() if isinstance(e, CheckpointRegistered)]
 
 
-def _verify(verifier, registry, name: str, version: int, progress) -> Verification:
+def _verify(verifier, registry, name: str, version: int, progress: ProgressLog) -> Verification:
     verification = verifier.verify(registry, f"{name}/{version}").verification()
-    progress.write("verified", version=version, **verification.model_dump(mode="json"))
+    progress.write(Verified(version=version, **verification.model_dump()))
     return verification
 
 
 def held_out_image_prompts(examples, count: int) -> list:
     """Up to `count` image prompts from held-out examples (SFT or preference): each one's first
     user turn with an image, as its text and first image."""
-    from gemlora.adapters.verify import VerifyPrompt
+    from gemlora.adapters.fidelity_check import VerifyPrompt
     from gemlora.data.example import ImagePart
     from gemlora.data.preference import PreferenceExample
 

@@ -1,10 +1,11 @@
-"""API keys: stored as sha256 hashes, each with the models it may call and a rate limit.
+"""API keys: stored as sha256 hashes, each with the models it may call and a rate limit. The
+gateway and its jobs API both check callers with them.
 
 A keys file (YAML or JSON; `$GEMLORA_API_KEYS` may hold the same document):
 
     keys:
       - id: team-a                      # shows in logs and metrics; the key itself never does
-        sha256: 9f86d08...              # sha256 hex of the secret (`gemlora serve keys new`)
+        sha256: 9f86d08...              # sha256 hex of the secret (`gemlora keys new`)
         models: ["gemma-3-27b-it-int4", "team-a-*"]   # fnmatch patterns over model names
         requests_per_minute: 120
 
@@ -26,9 +27,9 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gemlora.serve.gateway.config import KEYS_ENV
-from gemlora.serve.gateway.errors import GatewayError, field_path
+from gemlora.serve.errors import GatewayError, field_path
 
+KEYS_ENV = "GEMLORA_API_KEYS"
 KEY_PREFIX = "gl-"
 
 
