@@ -159,7 +159,8 @@ def test_w4a16_greedy_tokens_equal_an_independent_dequantization(built_models):
     fidelity checks use) against the 270M architecture with the packed weights dequantized by
     this test: the same weights bit for bit, the same greedy tokens (fp32 on both sides:
     token-identical, as measured on three prompts x 16 tokens), and the quantized model still
-    knows the capital of France."""
+    knows the capital of France (the bf16 base answers "Paris" straight away; the W4A16 one
+    with a sentence)."""
     from transformers import CompressedTensorsConfig
 
     path = built_models["gemma-3-270m-w4a16"]
@@ -183,12 +184,12 @@ def test_w4a16_greedy_tokens_equal_an_independent_dequantization(built_models):
 
     def greedy(m) -> list[int]:
         with torch.no_grad():
-            output = m.generate(**inputs, max_new_tokens=10, do_sample=False)
+            output = m.generate(**inputs, max_new_tokens=7, do_sample=False)
         return output[0, inputs.input_ids.shape[1] :].tolist()
 
     tokens = greedy(model)
     assert tokens == greedy(reference)
-    assert "Paris" in tokenizer.decode(tokens)
+    assert tokenizer.decode(tokens) == " The capital of France is Paris."
 
 
 def test_tiny_mm_loads_without_missing_weights_and_sees_images(built_models):

@@ -93,7 +93,10 @@ def train_command(
         typer.echo(f"registered {result.name}/{result.version}{alias}")
         verification = result.verification
         if verification is None:
-            typer.echo("  unverified: no engine of this base at output.verify.engine_url")
+            typer.echo(
+                "  not verified: no engine of this base at output.verify.engine_url, or the "
+                "check broke (recorded as `error`; see progress.jsonl)"
+            )
         else:
             typer.echo(
                 f"  verification {verification.state} on {verification.engine_base} "

@@ -417,7 +417,8 @@ class VerifySection(Section):
     tolerance: float = Field(
         default=DEFAULT_TOLERANCE,
         gt=0,
-        description="Largest log-probability gap (nats) that passes where greedy tokens differ.",
+        description="Largest log-probability gap (nats) between engine and PEFT that passes, "
+        "at any position of any prompt.",
     )
     checkpoints: bool = Field(
         default=True,

@@ -252,7 +252,7 @@ def test_single_kernels_in_bf16_equal_an_fp32_reference(token_slots, layout):
 
 def test_the_first_kernel_call_with_adapters_logs_once(caplog):
     """The line an engine's log shows once LoRA requests ran through these kernels (read by
-    tests/serve/test_engine_cpu_lora.py); a batch without adapters logs nothing."""
+    tests/serve/test_strict_cpu_lora_in_engine.py); a batch without adapters logs nothing."""
     from gemlora.serve.cpu_lora import FIRST_USE
 
     torch.manual_seed(0)

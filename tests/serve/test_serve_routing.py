@@ -173,5 +173,5 @@ def test_verify_records_agreement_on_the_model_version(engines, registry, names)
     version = registry.show(name).versions[-1]
     assert version.version == 1
     verification = verification_of(version.tags)
-    assert verification.passed and verification.compared_by == "tokens", version.tags[VERIFY_TAG]
+    assert verification.passed and verification.compared_by == "logprobs", version.tags[VERIFY_TAG]
     assert (verification.engine_base, verification.prompts) == ("gemma-3-270m", 1)
