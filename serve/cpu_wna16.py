@@ -58,14 +58,21 @@ def register_if_missing() -> bool:
 
     if not current_platform.is_cpu():
         return False
+    from gemlora.precision import native_bf16
+
     current_platform.import_kernels()  # loads the _C / _C_AVX512 / _C_AVX2 extension
     if hasattr(torch.ops._C, "cpu_gemm_wna16"):
-        return False
-    library = torch.library.Library("_C", "FRAGMENT")
-    library.define(
-        "cpu_gemm_wna16(Tensor input, Tensor q_weight, Tensor(a!) output, Tensor scales, "
-        "Tensor? zeros, Tensor? bias, SymInt pack_factor, str isa_hint) -> ()"
-    )
+        if native_bf16():
+            return False
+        # The AVX512 extension's kernel is bf16-only ("not implemented for 'Float'"), and a CPU
+        # without native bf16 serves in fp32 (engine.dtype: auto): ours computes in fp32.
+        library = torch.library.Library("_C", "IMPL")
+    else:
+        library = torch.library.Library("_C", "FRAGMENT")
+        library.define(
+            "cpu_gemm_wna16(Tensor input, Tensor q_weight, Tensor(a!) output, Tensor scales, "
+            "Tensor? zeros, Tensor? bias, SymInt pack_factor, str isa_hint) -> ()"
+        )
     library.impl("cpu_gemm_wna16", cpu_gemm_wna16, "CPU")
     _libraries.append(library)  # a Library deregisters its ops when garbage-collected
     return True
