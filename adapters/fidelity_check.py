@@ -38,6 +38,7 @@ from gemlora.adapters.verification_record import (
     error_record,
 )
 from gemlora.bases import BaseSpec
+from gemlora.engine_token import TOKEN_ENV, engine_headers
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -175,10 +176,20 @@ class Served:
     top_logprobs: list[dict[int, float]]  # per position: the engine's top tokens
 
 
+def without_token(engine_url: str) -> str:
+    return (
+        f"the engine at {engine_url} refused gemlora without its internal token: run this as "
+        f"the user who started it, or set ${TOKEN_ENV} to that start's token"
+    )
+
+
 def engine_base(engine_url: str) -> str | None:
     """The model name an engine serves its base under, or None when it is not reachable."""
     try:
-        response = httpx.get(f"{engine_url}/v1/models", timeout=5)
+        headers = engine_headers(engine_url)
+        response = httpx.get(f"{engine_url}/v1/models", headers=headers, timeout=5)
+        if response.status_code == 401:
+            raise EngineRefusedError(without_token(engine_url))
         response.raise_for_status()
         models = response.json()["data"]
     except (httpx.HTTPError, ValueError, KeyError):
@@ -236,7 +247,11 @@ def serve_image(engine_url: str, model: str, prompt: VerifyPrompt, tokens: int) 
 
 def _engine_call(engine_url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
     body |= {"temperature": 0, "return_tokens_as_token_ids": True, "skip_special_tokens": False}
-    response = httpx.post(f"{engine_url}{path}", json=body, timeout=300)
+    response = httpx.post(
+        f"{engine_url}{path}", json=body, headers=engine_headers(engine_url), timeout=300
+    )
+    if response.status_code == 401:
+        raise EngineRefusedError(without_token(engine_url))
     if response.status_code != 200:
         raise EngineRefusedError(
             f"the engine at {engine_url} refused {body['model']!r}: {response.text}"

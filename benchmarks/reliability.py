@@ -18,7 +18,17 @@ Phases, one after the other, on one `gemlora serve`:
    then a load-generating process SIGKILLed at full load; the engine must run and hold nothing
    within 5 s of the last one leaving;
 5. fuzz: `--fuzz` generated request bodies (tests/gateway/chat_fuzz.py): 0 answers >= 500,
-   and a valid request still answered after them.
+   and a valid request still answered after them;
+6. hung engine mid-soak: the engine's API server SIGSTOPped (alive, not answering: a wedged
+   process, a stuck GPU), never continued; reported: when the waiting requests ended and new
+   ones got a 503 (the supervisor's probes, with the serve config's defaults), and when
+   requests succeeded again (a new engine);
+7. early pause: a fine-tuning job (the jobs API of the same `gemlora serve`) paused the moment
+   it is `running`, while its worker still starts; reported: how long until it is `paused`
+   (before its first step), and until it trains again once resumed.
+
+`--phases soak,hung,...` runs some of them (names: soak, engine_kill, mlflow_kill, storm, fuzz,
+hung, pause).
 
 JSON on stdout and in benchmarks/results/reliability.json, a chart beside it.
 """
@@ -47,6 +57,8 @@ from chat_fuzz import chat_requests, valid_request  # noqa: E402  (the fuzz test
 from gateway import free_port, machine  # noqa: E402
 from serving import register, write_adapters  # noqa: E402
 
+from gemlora.engine_token import engine_headers  # noqa: E402
+
 ADAPTERS = [f"soak-{i}" for i in range(4)]
 # A stream counts as hung when no byte arrives for HUNG_S, or it has no end after STREAM_CAP_S.
 # On a 2-core CPU a stream queued behind 60 others waits about a minute for its first token.
@@ -65,7 +77,7 @@ class Served:
         from gemlora.paths import models_dir
 
         self.base = base
-        home = scratch / "home"
+        self.home = home = scratch / "home"
         home.mkdir()
         (home / "models").symlink_to(models_dir())
         self.ports = {name: free_port() for name in ("mlflow", "engine", "gateway")}
@@ -76,6 +88,7 @@ class Served:
             "engine": {"base": base, "port": self.ports["engine"], "max_num_seqs": 16},
             "registry": {"tracking_uri": self.mlflow_url, "alias_ttl_s": 5},
             "gateway": {"port": self.ports["gateway"], "auth": False},
+            "jobs": {"dir": str(scratch / "jobs"), "poll_interval_s": 0.2},
         }
         path = scratch / "serve.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -118,6 +131,11 @@ class Served:
         engine = self.group_of("vllm.entrypoints.openai.api_server", self.ports["engine"])
         os.killpg(engine, signal.SIGKILL)
 
+    def stop_engine(self) -> None:
+        """SIGSTOP the engine's API server (it leads its process group): hung, not dead."""
+        server = self.group_of("vllm.entrypoints.openai.api_server", self.ports["engine"])
+        os.kill(server, signal.SIGSTOP)
+
     def kill_mlflow(self) -> None:
         os.killpg(self.group_of("mlflow server", self.ports["mlflow"]), signal.SIGKILL)
 
@@ -133,7 +151,8 @@ class Served:
         return {"gateway": round(gateway / 2**20, 1), "engine": round(engine / 2**20, 1)}
 
     def in_flight(self) -> float:
-        text = httpx.get(f"{self.engine_url}/metrics", timeout=5).text
+        headers = engine_headers(self.engine_url, self.home)
+        text = httpx.get(f"{self.engine_url}/metrics", headers=headers, timeout=5).text
         return sum(
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
@@ -256,6 +275,10 @@ def summarise_soak(records: list[dict], fault_time: float | None) -> dict:
         if recovered is not None:
             late = [r for r in after if r["end"] > recovered and r["outcome"] != "ok"]
             summary["failures_after_recovery"] = len(late)
+        refused = min((r["end"] for r in after if r["outcome"] == "clean_error"), default=None)
+        summary["first_clean_error_after_s"] = (
+            None if refused is None else round(refused - fault_time, 1)
+        )
     return summary
 
 
@@ -387,6 +410,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=16, help="max_tokens of soak requests")
     parser.add_argument("--storm-rounds", type=int, default=3, help="disconnect storm rounds")
     parser.add_argument("--fuzz", type=int, default=10_000, help="generated requests")
+    parser.add_argument(
+        "--phases",
+        type=lambda text: text.split(","),
+        default=list(PHASES),
+        help=f"comma-separated, of: {','.join(PHASES)}",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/reliability.json")
     options = parser.parse_args()
     report = run(options)
@@ -421,43 +450,103 @@ def run(options) -> dict:
     return {"base": options.base, "machine": machine(), "options": _options(options)} | report
 
 
+PHASES = ("soak", "engine_kill", "mlflow_kill", "storm", "fuzz", "hung", "pause")
+
+
 def phases(served: Served, options, models: list[str]) -> dict:
-    """The five phases in order; `models`: the base's served name, then the adapters."""
+    """The phases in order (those in `options.phases`); `models`: the base's served name, then
+    the adapters."""
+    report = {}
 
     def soak_with(fault=None, seconds: float = options.soak_s) -> dict:
         load = soak(served.url, models, options.clients, seconds, options.tokens, fault)
         return asyncio.run(load)
 
-    memory_before = served.memory_mib()
-    steady = soak_with()
-    steady["memory_mib"] = {"start": memory_before, "end": served.memory_mib()}
-    print("soak", json.dumps(steady), file=sys.stderr)
+    def phase(name: str, measure) -> None:
+        if name in options.phases:
+            report[name] = measure()
+            shown = {k: v for k, v in report[name].items() if k != "server_errors"}
+            print(name, json.dumps(shown), file=sys.stderr)
 
-    # Long enough to see the engine start again and serve a while after.
-    engine_kill = soak_with(served.kill_engine, 10 + served.startup_s + options.soak_s)
-    served.wait_healthy(900)
-    engine_kill["engine_startup_s"] = round(served.startup_s, 1)
-    print("engine SIGKILL", json.dumps(engine_kill), file=sys.stderr)
+    def steady() -> dict:
+        memory_before = served.memory_mib()
+        result = soak_with()
+        return result | {"memory_mib": {"start": memory_before, "end": served.memory_mib()}}
 
-    mlflow_kill = soak_with(served.kill_mlflow)
-    print("MLflow SIGKILL", json.dumps(mlflow_kill), file=sys.stderr)
+    def after_restart(fault, detection_s: float = 0) -> dict:
+        # Long enough to see the engine start again and serve a while after.
+        result = soak_with(fault, 10 + detection_s + served.startup_s + options.soak_s)
+        served.wait_healthy(900)
+        return result | {"engine_startup_s": round(served.startup_s, 1)}
 
-    storm = disconnect_storm(served, models, options.clients, options.storm_rounds)
-    print("disconnect storm", json.dumps(storm), file=sys.stderr)
+    phase("soak", steady)
+    phase("engine_kill", lambda: after_restart(served.kill_engine))
+    phase("mlflow_kill", lambda: soak_with(served.kill_mlflow))
+    phase("storm", lambda: disconnect_storm(served, models, options.clients, options.storm_rounds))
+    phase("fuzz", lambda: fuzz(served.url, options.fuzz, models[0]))
+    # the default probes find a hung engine in 13-16 s (serve/supervisor.py)
+    phase("hung", lambda: after_restart(served.stop_engine, detection_s=16))
+    phase("pause", lambda: early_pause(served.url, models[0]))
+    return report
 
-    fuzzed = fuzz(served.url, options.fuzz, models[0])
-    print(
-        "fuzz",
-        json.dumps({k: v for k, v in fuzzed.items() if k != "server_errors"}),
-        file=sys.stderr,
-    )
-    return {
-        "soak": steady,
-        "engine_sigkill": engine_kill,
-        "mlflow_sigkill": mlflow_kill,
-        "disconnect_storm": storm,
-        "fuzz": fuzzed,
+
+def early_pause(url: str, base: str) -> dict:
+    """A job on the served base, paused as soon as it is `running` (its worker still imports,
+    reads data, loads the model), then resumed and cancelled after its first step."""
+    from openai import OpenAI
+
+    from gemlora.data.sample_sets import write_samples
+
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+    with tempfile.TemporaryDirectory(prefix="gemlora-bench-pause-") as samples:
+        write_samples(Path(samples))
+        data = (Path(samples) / "style-chat" / "train.jsonl").read_bytes()
+    upload = client.files.create(file=("train.jsonl", data), purpose="fine-tune")
+    settings = {
+        "lora": {"r": 4, "alpha": 8},
+        "training": {"max_steps": 50, "save_steps": 1000},
+        "eval": {"generation_examples": 0},
     }
+    job = client.fine_tuning.jobs.create(
+        model=base, training_file=upload.id, extra_body={"gemlora": settings}
+    )
+    wait_for_job(client, job.id, lambda j: j.status == "running")
+    asked = time.monotonic()
+    client.fine_tuning.jobs.pause(job.id)
+    paused = wait_for_job(client, job.id, lambda j: j.status == "paused")
+    paused_s = time.monotonic() - asked
+    events = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000)]
+    before_first_step = any("before training its first step" in m for m in events)
+    resumed = time.monotonic()
+    client.fine_tuning.jobs.resume(job.id)
+    wait_for_job(client, job.id, lambda j: j.status == "running" and _trained_a_step(client, j.id))
+    trained_s = time.monotonic() - resumed
+    client.fine_tuning.jobs.cancel(job.id)
+    return {
+        "paused_after_s": round(paused_s, 1),
+        "paused_before_its_first_step": before_first_step,
+        "same_mlflow_run_on_resume": paused.integrations[0].mlflow["run_id"]
+        == client.fine_tuning.jobs.retrieve(job.id).integrations[0].mlflow["run_id"],
+        "resumed_to_first_step_s": round(trained_s, 1),
+    }
+
+
+def _trained_a_step(client, job_id: str) -> bool:
+    events = client.fine_tuning.jobs.list_events(job_id, limit=1000).data
+    return any(event.message.startswith("Step ") for event in events)
+
+
+def wait_for_job(client, job_id: str, done, timeout_s: float = 600):
+    """Poll the job until `done(job)`; fails on a final status or after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if done(job):
+            return job
+        if job.status in ("succeeded", "failed", "cancelled"):
+            raise RuntimeError(f"job {job_id} ended {job.status}: {job.error}")
+        time.sleep(0.5)
+    raise TimeoutError(f"job {job_id} not there after {timeout_s:.0f} s")
 
 
 def _options(options) -> dict:
@@ -470,11 +559,13 @@ def chart(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    phases_ = {
+    labels = {
         "soak": "soak",
-        "engine_sigkill": "engine SIGKILL",
-        "mlflow_sigkill": "MLflow SIGKILL",
+        "engine_kill": "engine SIGKILL",
+        "mlflow_kill": "MLflow SIGKILL",
+        "hung": "engine SIGSTOP",
     }
+    phases_ = {key: label for key, label in labels.items() if key in report}
     outcomes = ("ok", "clean_error", "failed", "hung")
     figure, axis = plt.subplots(figsize=(8, 4))
     bottoms = [0] * len(phases_)

@@ -56,6 +56,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from charts import grouped_bars  # noqa: E402
 from gateway import free_port, start_gateway  # noqa: E402  (the gateway benchmark's helpers)
 
+from gemlora.engine_token import engine_headers  # noqa: E402
+
 SHIPPED_CONFIG = REPO / "configs/serve/demo.yaml"
 PROMPT = "Write a short paragraph about lighthouses and the people who kept them."
 LORA_TARGETS = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
@@ -200,7 +202,7 @@ async def run_round(target, models: list[str], clients: int, requests: int, toke
 
 
 async def one_request_s(url: str, model: str, tokens: int) -> float:
-    async with httpx.AsyncClient(timeout=600) as client:
+    async with httpx.AsyncClient(timeout=600, headers=engine_headers(url)) as client:
         started = time.perf_counter()
         response = await client.post(
             f"{url}/v1/chat/completions", json=chat_body(model, tokens, stream=False)
@@ -426,7 +428,7 @@ def keep_logs(scratch: Path, to: Path) -> None:
 
 
 def engine_target(engine) -> dict:
-    return {"url": engine.url, "headers": {}, "fixed_length": True}
+    return {"url": engine.url, "headers": engine.headers, "fixed_length": True}
 
 
 if __name__ == "__main__":

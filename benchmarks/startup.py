@@ -50,7 +50,9 @@ def start_seconds(env: dict[str, str], log: Path) -> float:
             os.environ.pop(key) if value is None else os.environ.update({key: value})
     try:
         body = {"model": BASE, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
-        answer = httpx.post(f"{engine.url}/v1/chat/completions", json=body, timeout=120)
+        answer = httpx.post(
+            f"{engine.url}/v1/chat/completions", json=body, headers=engine.headers, timeout=120
+        )
         answer.raise_for_status()
         return time.monotonic() - started
     finally:

@@ -23,8 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gemlora.adapters import RegistryConfig, parse_ref
 from gemlora.bases import BaseSpec, resolve_base
+from gemlora.engine_token import VLLM_TOKEN_ENV, forget_engine_token, new_engine_token
 from gemlora.paths import gemlora_home
 from gemlora.precision import resolve_precision
+from gemlora.serve.engine_guard import MIDDLEWARE as GUARD_MIDDLEWARE
 from gemlora.serve.hot_adapters import is_glob
 from gemlora.serve.lora_routing import MIDDLEWARE, ROUTING_ENV, RoutingConfig
 
@@ -169,13 +171,16 @@ def build_command(
         command += ["--enable-tower-connector-lora"]
     if config.enable_lora and registry is not None:
         command += ["--middleware", MIDDLEWARE]
+    # Last, so outermost: a request without the engine's token goes no further.
+    command += ["--middleware", GUARD_MIDDLEWARE]
     return command + config.extra_args
 
 
 def engine_env(
-    config: EngineConfig, spec: BaseSpec, registry: RegistryConfig | None = None
+    config: EngineConfig, spec: BaseSpec, registry: RegistryConfig | None, token: str
 ) -> dict[str, str]:
     env = dict(os.environ)
+    env[VLLM_TOKEN_ENV] = token  # the environment, not argv: `ps` shows argv to every user
     if config.enable_lora and registry is not None:
         routing = RoutingConfig(
             registry=registry,
@@ -208,10 +213,15 @@ class Engine:
     process: subprocess.Popen
     log_path: Path
     served_name: str
+    token: str  # this start's internal token: every request but /health needs it
 
     @property
     def url(self) -> str:
         return self.config.url
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.config.startup_timeout_s
@@ -233,6 +243,7 @@ class Engine:
     def stop(self, timeout_s: float = 30) -> None:
         stop_process_group(self.process.pid, timeout_s, leader=self.process)
         self.process.wait(timeout=5)
+        forget_engine_token(self.config.port, self.token)
 
 
 def start_engine(
@@ -249,16 +260,17 @@ def start_engine(
     spec = resolve_base(config.base)
     log_path = log_path or gemlora_home() / "logs" / f"engine-{config.port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    token = new_engine_token(config.port)
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             build_command(config, spec, registry),
-            env=engine_env(config, spec, registry),
+            env=engine_env(config, spec, registry, token),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: stop() takes the workers too
         )
-    engine = Engine(config, process, log_path, config.served_name or spec.name)
+    engine = Engine(config, process, log_path, config.served_name or spec.name, token)
     if wait:
         engine.wait_ready()
     return engine

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gemlora.config import ConfigError
+from gemlora.engine_token import token_path
 from gemlora.paths import gemlora_home
 
 app = typer.Typer(no_args_is_help=True)
@@ -111,6 +112,10 @@ def start(
     run_dir().mkdir(parents=True, exist_ok=True)
     record_path(record.port).write_text(record.model_dump_json(indent=2))
     console.print(f"engine ready: {engine.url}/v1 (model {engine.served_name!r}; log {log})")
+    console.print(
+        f"its internal token (gemlora's tools read it; anything else gets a 401): "
+        f"{token_path(engine_config.port)}"
+    )
     if foreground:
         with contextlib.suppress(KeyboardInterrupt):
             engine.process.wait()
@@ -134,6 +139,7 @@ def stop(
     for record in records:
         stop_process_group(record.pid)
         record_path(record.port).unlink(missing_ok=True)
+        token_path(record.port).unlink(missing_ok=True)
         console.print(f"stopped the engine on port {record.port} (pid {record.pid})")
 
 

@@ -146,6 +146,7 @@ def _run_gateway(config, supervisor) -> None:
         engine_dtype=config.engine.dtype,
         jobs=config.jobs,
         engine_status=lambda: supervisor.status,
+        engine_token=lambda: supervisor.child.token,  # a restart's new token, at once
     )
     auth = "API keys required" if gateway.auth else "no auth (loopback only)"
     console.print(f"gateway: http://{gateway.host}:{gateway.port}/v1 ({auth}); Ctrl-C stops")

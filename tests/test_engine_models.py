@@ -23,7 +23,7 @@ PROMPTS = [
 
 
 def client(engine) -> OpenAI:
-    return OpenAI(base_url=f"{engine.url}/v1", api_key="unused", max_retries=0, timeout=300)
+    return OpenAI(base_url=f"{engine.url}/v1", api_key=engine.token, max_retries=0, timeout=300)
 
 
 def png_data_url(colour: str) -> str:

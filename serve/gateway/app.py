@@ -70,6 +70,9 @@ class GatewaySettings:
     # the engine's supervisor's view (`gemlora serve`): why it is down, restarts, retry hint
     engine_status: Callable[[], ProcessStatus] | None = None
     engine_dtype: str = "auto"  # the engine's `engine.dtype` (what a verification computes in)
+    # the engine's internal token (`gemlora serve`: its current start's); default: the token
+    # file of the engine at `engine_url` (see gemlora.engine_token)
+    engine_token: Callable[[], str | None] | None = None
 
 
 @dataclass
@@ -197,6 +200,7 @@ class Gateway:
             settings.engine_url,
             self.config.engine_timeout_s,
             retry_after_s=status and (lambda: status().retry_after_s),
+            token=settings.engine_token,
         )
 
     async def start(self) -> None:
@@ -475,11 +479,12 @@ class Gateway:
         return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
 
     async def _engine_health(self) -> str:
-        health = await self.engine.health()
+        # The supervisor's word comes first: a restarted engine answers its /health before its
+        # start-up (hot adapters, warm-up) is done, and requests are refused until it is.
         supervised = self.settings.engine_status
-        if health != "ok" and supervised is not None and supervised().state != "up":
-            return supervised().describe()  # why: restarting after a crash, or gave up
-        return health
+        if supervised is not None and (status := supervised()).state != "up":
+            return status.describe()  # why: restarting after a crash, or gave up
+        return await self.engine.health()
 
     async def _registry_health(self) -> str:
         registry = self.settings.registry

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from gemlora.engine_token import engine_token
 from gemlora.serve.errors import GatewayError
 
 
@@ -45,10 +46,16 @@ STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 class EngineClient:
     def __init__(
-        self, engine_url: str, timeout_s: float, retry_after_s: Callable[[], int] | None = None
+        self,
+        engine_url: str,
+        timeout_s: float,
+        retry_after_s: Callable[[], int] | None = None,
+        token: Callable[[], str | None] | None = None,
     ) -> None:
         self.engine_url = engine_url.rstrip("/")
         self.retry_after_s = retry_after_s or (lambda: RETRY_AFTER_S)
+        # The engine's internal token, asked for at each request: a restarted engine has a new one.
+        self.token = token or (lambda: engine_token(self.engine_url))
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=timeout_s)
         self.session: aiohttp.ClientSession | None = None
 
@@ -84,6 +91,8 @@ class EngineClient:
         return UpstreamStream(response.status, response)
 
     async def _send(self, path: str, payload: bytes, headers: dict[str, str]):
+        if token := self.token():
+            headers = headers | {"Authorization": f"Bearer {token}"}
         try:
             return await self.session.post(path, data=payload, headers=headers)
         except STALE_CONNECTION:

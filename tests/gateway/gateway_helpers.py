@@ -15,6 +15,7 @@ import httpx
 import uvicorn
 from PIL import Image
 
+from gemlora.engine_token import engine_headers
 from gemlora.serve.gateway import GatewaySettings, create_app
 
 BASE = "tiny-gemma-3-mm"
@@ -140,7 +141,8 @@ def save_tiny_adapter(base_dir, out, seed: int = 0):
 def engine_metric(engine_url: str, name: str) -> float:
     """The sum of a metric of vLLM's /metrics over its labels."""
     total = 0.0
-    for line in httpx.get(f"{engine_url}/metrics").text.splitlines():
+    page = httpx.get(f"{engine_url}/metrics", headers=engine_headers(engine_url)).text
+    for line in page.splitlines():
         if line.startswith(name + "{"):
             total += float(line.rsplit(" ", 1)[1])
     return total

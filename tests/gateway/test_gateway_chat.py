@@ -15,6 +15,8 @@ import pytest
 from gateway_helpers import BASE, DEFAULT_MAX_TOKENS, engine_metric, png
 from openai import OpenAI
 
+from gemlora.engine_token import engine_token
+
 pytestmark = pytest.mark.engine
 
 HELLO = [{"role": "user", "content": "Say hello."}]
@@ -30,7 +32,7 @@ def client(gateway, keys) -> OpenAI:
 def engine(gateway) -> OpenAI:
     """The engine behind the gateway, asked directly."""
     engine_url = gateway.gateway.settings.engine_url
-    return OpenAI(base_url=f"{engine_url}/v1", api_key="unused", max_retries=0)
+    return OpenAI(base_url=f"{engine_url}/v1", api_key=engine_token(engine_url), max_retries=0)
 
 
 def tokens(choice) -> list[tuple[str, float]]:

@@ -24,6 +24,7 @@ import yaml
 from gateway_helpers import BASE, free_port
 from openai import OpenAI
 
+from gemlora.engine_token import engine_token
 from gemlora.paths import models_dir
 from gemlora.serve.auth import load_keys
 
@@ -59,6 +60,18 @@ def engine_process_group(port: int) -> int:
     raise AssertionError(f"no vLLM server on port {port}")
 
 
+def only_the_gateway_reaches_the_engine(engine_url: str, home) -> str:
+    """The engine's port refuses a request without the token of its current start (written,
+    owner-only, under the server's $GEMLORA_HOME); returns that token."""
+    body = {"model": BASE, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+    assert httpx.post(f"{engine_url}/v1/chat/completions", json=body).status_code == 401
+    token = engine_token(engine_url, home)
+    assert token is not None
+    with_token = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(f"{engine_url}/v1/models", headers=with_token).status_code == 200
+    return token
+
+
 def kill_engine_and_see_it_restarted(url: str, engine_port: int) -> None:
     """SIGKILL the engine mid-stream: the stream ends with an error event and [DONE]; requests
     get a 503 with Retry-After and /health names the crash, until the supervisor has it serving
@@ -86,7 +99,8 @@ def kill_engine_and_see_it_restarted(url: str, engine_port: int) -> None:
     while httpx.get(f"{url}/health").json()["engine"] != "ok":
         assert time.monotonic() < deadline, "the engine never came back"
         time.sleep(1)
-    assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).status_code == 200
+    answer = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text
     assert "gemlora_engine_restarts_total 1.0" in httpx.get(f"{url}/metrics").text
 
 
@@ -175,7 +189,13 @@ def test_serve_starts_mlflow_engine_and_gateway_and_sigterm_stops_them(built_mod
         )
         assert completion.usage.completion_tokens <= 4  # the config's default max_tokens
         assert all(listening(port) for port in ports.values())
+        engine_url = f"http://127.0.0.1:{ports['engine']}"
+        first_token = only_the_gateway_reaches_the_engine(engine_url, home)
         kill_engine_and_see_it_restarted(url, ports["engine"])
+        # the restarted engine has a token of its own; the gateway follows it, the old one is out
+        assert only_the_gateway_reaches_the_engine(engine_url, home) != first_token
+        old = {"Authorization": f"Bearer {first_token}"}
+        assert httpx.get(f"{engine_url}/v1/models", headers=old).status_code == 401
         detected_s = stop_engine_and_see_it_replaced(url, ports["engine"])
         print(f"hung engine: its waiting stream ended {detected_s:.1f} s after the SIGSTOP")
 

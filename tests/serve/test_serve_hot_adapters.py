@@ -43,8 +43,8 @@ def hot_engine(engines, hot_names):
 
 def served_models(engine) -> dict[str, str]:
     """The engine's model list: name -> the directory it serves."""
-    listing = httpx.get(f"{engine.url}/v1/models", timeout=10).json()["data"]
-    return {model["id"]: model["root"] for model in listing}
+    listing = httpx.get(f"{engine.url}/v1/models", headers=engine.headers, timeout=10)
+    return {model["id"]: model["root"] for model in listing.json()["data"]}
 
 
 def test_hot_adapters_are_loaded_before_any_request(hot_engine, hot_names):

@@ -29,7 +29,7 @@ BASE_PROMPT = "Question: What is the capital of Italy?\nAnswer:"
 
 
 def client(engine) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{engine.url}/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(base_url=f"{engine.url}/v1", api_key=engine.token, max_retries=0)
 
 
 def chat_ids(tokenizer, question: str) -> list[int]:

@@ -47,7 +47,7 @@ def test_an_adapter_registered_by_training_is_served_at_once(
     )
     result = run_training(config)
 
-    client = openai.OpenAI(base_url=f"{engine.url}/v1", api_key="unused", max_retries=0)
+    client = openai.OpenAI(base_url=f"{engine.url}/v1", api_key=engine.token, max_retries=0)
     reply = client.chat.completions.create(
         model=f"{name}@candidate",
         messages=[{"role": "user", "content": QUESTION}],
@@ -106,7 +106,9 @@ def compare_with_peft(engine, model_name: str, adapter_dir) -> Fidelity:
         "return_token_ids": True,
         "return_tokens_as_token_ids": True,
     }
-    answer = httpx.post(f"{engine.url}/v1/chat/completions", json=body, timeout=60).json()
+    answer = httpx.post(
+        f"{engine.url}/v1/chat/completions", json=body, headers=engine.headers, timeout=60
+    ).json()
     positions = answer["choices"][0]["logprobs"]["content"]
 
     def token_id(token: str) -> int:

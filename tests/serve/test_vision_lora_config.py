@@ -29,7 +29,7 @@ REGISTRY = RegistryConfig(tracking_uri="http://127.0.0.1:5000")
 def test_vision_lora_is_on_for_multimodal_bases_unless_turned_off(base, vision_lora, applied):
     config, spec = EngineConfig(base=base, vision_lora=vision_lora), resolve_base(base)
     assert (FLAG in build_command(config, spec, REGISTRY)) is applied
-    routing = json.loads(engine_env(config, spec, REGISTRY)[ROUTING_ENV])
+    routing = json.loads(engine_env(config, spec, REGISTRY, "token")[ROUTING_ENV])
     assert routing["vision_lora"] is applied
 
 
