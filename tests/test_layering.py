@@ -9,7 +9,7 @@ circle. Read from the source with `ast`: nothing is imported.
                                 │                v      v
     train ─────────────────────>│────────> train.config
       │                         v                │
-      └─────────────> adapters, data <───────────┘
+      └──────────> evals, adapters, data <───────┘   (evals: graders; evals ─> data)
                            │
                            v
                          core   (gemlora/: paths, bases, config, the run contract)
@@ -29,6 +29,7 @@ SOURCES = {
     "gemlora.data": "data",
     "gemlora.train": "train",
     "gemlora.adapters": "adapters",
+    "gemlora.evals": "evals",
     "gemlora.serve": "serve",
 }
 
@@ -47,6 +48,7 @@ LAYERS = {
     "train.config": ("gemlora.train.config",),  # all that serve may know of training
     "train": ("gemlora.train",),
     "adapters": ("gemlora.adapters",),
+    "evals": ("gemlora.evals",),  # graders: evaluation now, RL rewards later
     "data": ("gemlora.data",),
     "core": ("gemlora",),
 }
@@ -54,12 +56,13 @@ LAYERS = {
 # The arrows: which layers each layer may import (besides its own modules).
 ALLOWED = {
     "cli": set(LAYERS),
-    "serve.launch": {"serve.gateway", "serve.jobs", "serve", "adapters", "data", "core"},
-    "serve.gateway": {"serve.jobs", "serve", "adapters", "data", "core"},
-    "serve.jobs": {"serve", "train.config", "adapters", "data", "core"},
-    "serve": {"adapters", "data", "core"},
-    "train": {"train.config", "adapters", "data", "core"},
+    "serve.launch": {"serve.gateway", "serve.jobs", "serve", "evals", "adapters", "data", "core"},
+    "serve.gateway": {"serve.jobs", "serve", "evals", "adapters", "data", "core"},
+    "serve.jobs": {"serve", "train.config", "evals", "adapters", "data", "core"},
+    "serve": {"evals", "adapters", "data", "core"},
+    "train": {"train.config", "evals", "adapters", "data", "core"},
     "train.config": {"adapters", "core"},
+    "evals": {"data", "core"},
     "adapters": {"core"},
     "data": {"core"},
     "core": set(),
