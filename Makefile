@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 GEMLORA := .venv/bin/gemlora
 
-.PHONY: install models data demo demo-stop lint test test-fast bench-gateway bench-serving bench-cpu-lora bench-startup bench-reliability bench-train clean help
+.PHONY: install models data demo demo-stop lint test test-fast bench-gateway bench-serving bench-cpu-lora bench-startup bench-reliability bench-train bench-eval clean help
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ bench-startup: install  ## a multimodal engine's start to first answer: gemlora'
 
 bench-reliability: install  ## soak, engine and MLflow SIGKILL mid-soak, disconnect storm, 10,000 fuzzed requests, hung engine, early pause (JSON + PNG; ~25 min)
 	$(PY) benchmarks/reliability.py --out benchmarks/results/reliability.json
+
+bench-eval: install  ## an eval of 16 items on 4 models: concurrent vs one call after another (JSON + PNG; ~10 min)
+	$(PY) benchmarks/eval.py --out benchmarks/results/eval.json
 
 bench-train: install  ## gemlora's trainer vs plain TRL: step time, memory, loss curves (JSON + PNG; ~20 min)
 	$(PY) benchmarks/train.py --out benchmarks/results/train.json

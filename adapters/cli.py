@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from gemlora.adapters.errors import AdapterError, IncompatibleAdapterError
+from gemlora.adapters.eval_record import describe_eval
 from gemlora.adapters.registry import (
     CANDIDATE,
     DEFAULT_TRACKING_URI,
@@ -111,8 +112,8 @@ def show(ctx: typer.Context, name: NameArgument, as_json: JsonOption = False) ->
     console.print(f"[bold]{escape(details.name)}[/bold]  {escape(details.description)}")
     console.print(f"aliases: {_aliases(details.aliases)}")
     table = Table(
-        "Version", "Aliases", "Base", "Rank", "Targets", "Eval", "Verified", "Digest", "Size",
-        "Created",
+        "Version", "Aliases", "Base", "Rank", "Targets", "Eval", "Verified", "Gate", "Digest",
+        "Size", "Created",
     )  # fmt: skip
     for version in details.versions:
         table.add_row(*_version_row(version))
@@ -391,6 +392,7 @@ def _version_row(version: AdapterVersion) -> list[str]:
         escape(", ".join(targets) if isinstance(targets, list) else str(targets or "-")),
         scores or "-",
         escape(describe_verification(version.tags)),
+        escape(describe_eval(version.tags)),
         (version.digest or "-")[:12],
         _size(version.size_bytes),
         f"{version.created_at:%Y-%m-%d %H:%M}",

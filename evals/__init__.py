@@ -28,6 +28,8 @@ from gemlora.evals.graders import (
     TextSimilarityGrader,
     parse_grader,
     validate_grader,
+    validate_graders,
+    walk,
 )
 from gemlora.evals.grading import GradeErrors, GradeMetadata, GradeResult, grade
 from gemlora.evals.judge import Judge
@@ -54,4 +56,6 @@ __all__ = [
     "parse_grader",
     "render",
     "validate_grader",
+    "validate_graders",
+    "walk",
 ]

@@ -25,6 +25,7 @@ class GraderError(ValueError):
     """A grader that is malformed, or that could not score a sample. Never a silent 0: a score
     of 0 means the sample was graded and failed, this means it was not graded at all."""
 
-    def __init__(self, message: str, flag: ErrorFlag = "other_error"):
+    def __init__(self, message: str, flag: ErrorFlag = "other_error", param: str | None = None):
         super().__init__(message)
         self.flag: ErrorFlag = flag
+        self.param = param  # the grader field at fault (`graders.a.operation`), when one is

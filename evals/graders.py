@@ -11,6 +11,7 @@ formula needs), where the generated SDK type reads a single grader."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -238,7 +239,7 @@ def validate_grader(data: dict[str, Any]) -> GraderModel:
     try:
         return Grader.validate_python(data)
     except ValidationError as error:
-        raise GraderError("invalid grader:\n" + _problems(error)) from None
+        raise _invalid(error) from None
 
 
 def parse_grader(data: dict[str, Any] | str | bytes) -> GraderModel:
@@ -248,13 +249,40 @@ def parse_grader(data: dict[str, Any] | str | bytes) -> GraderModel:
     try:
         return Grader.validate_json(data)
     except ValidationError as error:
-        raise GraderError("invalid grader:\n" + _problems(error)) from None
+        raise _invalid(error) from None
 
 
-def _problems(error: ValidationError) -> str:
-    lines = []
+def _invalid(error: ValidationError) -> GraderError:
+    """One GraderError listing every problem by its field path; `param`: the first path."""
+    lines, paths = [], []
     for problem in error.errors():
         path = ".".join(str(part) for part in problem["loc"]) or "(grader)"
         cause = problem.get("ctx", {}).get("error")
         lines.append(f"  {path}: {cause if isinstance(cause, Exception) else problem['msg']}")
-    return "\n".join(lines)
+        paths.append(path)
+    return GraderError("invalid grader:\n" + "\n".join(lines), param=paths[0] if paths else None)
+
+
+def validate_graders(graders: list[dict[str, Any]]) -> list[GraderModel]:
+    """A list of graders (a spec's, a config's): each valid, their names distinct. A problem is
+    named by its position: `[1] string_check.operation: ...`."""
+    checked = []
+    for index, data in enumerate(graders):
+        try:
+            checked.append(validate_grader(data))
+        except GraderError as error:
+            problems = str(error).removeprefix("invalid grader:\n").strip()
+            raise GraderError(f"[{index}] {problems}", param=f"[{index}].{error.param}") from None
+    names = [grader.name for grader in checked]
+    if len(set(names)) != len(names):
+        raise GraderError(f"grader names must differ, got {names}")
+    return checked
+
+
+def walk(grader: GraderModel, path: str = "grader") -> Iterator[tuple[str, GraderModel]]:
+    """The grader and, for a multi grader, each sub-grader (at any depth), with its field
+    path: what a policy checks (no python graders, judges the caller may use)."""
+    yield path, grader
+    if isinstance(grader, MultiGrader):
+        for name, sub in grader.graders.items():
+            yield from walk(sub, f"{path}.graders.{name}")

@@ -101,11 +101,13 @@ def _part(part: Any, sample: dict[str, Any], item: dict[str, Any]) -> dict[str, 
 
 
 def _sampling(params: SamplingParams) -> dict[str, Any]:
+    """The judge's sampling: greedy unless `sampling_params` say otherwise, so that the same
+    answer gets the same grade (label_model graders have no sampling_params at all)."""
     named = {
         "max_completion_tokens": params.max_completions_tokens,
         "reasoning_effort": params.reasoning_effort,
         "seed": params.seed,
-        "temperature": params.temperature,
+        "temperature": 0.0 if params.temperature is None else params.temperature,
         "top_p": params.top_p,
     }
     return {key: value for key, value in named.items() if value is not None}

@@ -60,7 +60,7 @@ def _lookup(path: str, scope: dict[str, Any], template: str) -> Any:
             where = ".".join(path.split(".")[:depth]) or "the template"
             raise GraderError(
                 f"template {template!r}: {where} has no {key!r} (looking up {path})",
-                flag="sample_parse_error" if path.startswith("sample") else "other_error",
+                "sample_parse_error" if path.startswith("sample") else "invalid_variable_error",
             )
     return value
 

@@ -6,6 +6,7 @@ import typer
 
 from gemlora.adapters.cli import app as adapters_app
 from gemlora.data.cli import app as data_app
+from gemlora.evals.cli import eval_command
 from gemlora.serve.engine_cli import app as engine_app
 from gemlora.serve.keys_cli import app as keys_app
 from gemlora.serve.launcher import serve_command
@@ -24,6 +25,7 @@ app.add_typer(data_app, name="data", help="Validate and preview chat and prefere
 app.add_typer(adapters_app, name="adapters", help="Register, alias and resolve LoRA adapters.")
 app.command("train")(train_command)
 app.command("ui")(ui_command)
+app.command("eval")(eval_command)
 app.add_typer(engine_app, name="engine", help="Start, stop and inspect the vLLM engine.")
 app.command("serve")(serve_command)
 app.add_typer(keys_app, name="keys", help="Create API keys for the gateway.")

@@ -313,6 +313,26 @@ class Promotion(ProgressEvent):
         return Description("info", f"Alias {self.to} {moved} (promote_if)")
 
 
+class EvalGate(ProgressEvent):
+    """The promotion gate's eval: the candidate against what holds the alias (or the base)."""
+
+    event: Literal["eval_gate"] = "eval_gate"
+    version: int
+    against: str  # the model it was compared with (NAME/VERSION, or the base)
+    grader: str
+    difference: float | None = None  # on `grader`, with its interval
+    low: float | None = None
+    high: float | None = None
+    passed: bool
+    reason: str
+    mlflow_run_id: str | None = None
+
+    def describe(self) -> Description:
+        decided = "passed" if self.passed else "not passed"
+        message = f"Eval gate {decided} for version {self.version} against {self.against}: "
+        return Description("info", message + self.reason)
+
+
 # --- how the run ended ------------------------------------------------------------------------
 
 
@@ -371,6 +391,7 @@ AnyEvent = Annotated[
     | Unverified
     | VerificationError
     | Promotion
+    | EvalGate
     | Finished
     | Paused
     | Cancelled

@@ -6,8 +6,13 @@
    `gemlora serve configs/serve/demo.yaml`;
 4. with the official `openai` client, upload the dataset and launch a fine-tuning job through
    the gateway, and follow its events while it trains;
-5. ask the base and the new adapter the same held-out questions, answers side by side;
-6. print where to look next: the gateway, the MLflow run, the registered adapter.
+   the job verifies the new version on the engine, then its eval gate: the base and the
+   adapter answer the held-out questions, graders measure the style (the greeting, the
+   signature, closeness to the reference answer), and `champion` moves to the adapter only if
+   it is better on the signature with a paired bootstrap interval above 0;
+5. the gate's table (means, difference, interval, wins/ties/losses) and a few answers side by
+   side;
+6. print where to look next: the gateway, the MLflow runs, the registered adapter.
 
 The services keep running for you to explore; `make demo-stop` stops them.
 """
@@ -34,8 +39,18 @@ PID_FILE = gemlora_home() / "run" / "demo-serve.pid"
 LOG_FILE = gemlora_home() / "logs" / "demo-serve.log"
 GEMLORA = [sys.executable, "-m", "gemlora.cli"]
 
+# What the style is: graders in OpenAI's format, run by the job's eval gate.
+STYLE_GRADERS = [
+    {"type": "string_check", "name": "greeting", "input": "{{sample.output_text}}",
+     "reference": "Ahoy", "operation": "like"},
+    {"type": "string_check", "name": "signed", "input": "{{sample.output_text}}",
+     "reference": "Captain Gem", "operation": "like"},
+    {"type": "text_similarity", "name": "close", "input": "{{sample.output_text}}",
+     "reference": "{{item.reference}}", "evaluation_metric": "rouge_l"},
+]  # fmt: skip
+
 # The fine-tune: 30 steps of LoRA on the W4A16 base (trained unpacked, in fp32 on a CPU
-# without native bf16), the learning rate 5 x gemlora's default 2e-4.
+# without native bf16), the learning rate 5 x gemlora's default 2e-4; then the eval gate.
 JOB = {
     "model": "gemma-3-270m-w4a16",
     "hyperparameters": {"batch_size": 4, "learning_rate_multiplier": 5},
@@ -43,8 +58,14 @@ JOB = {
     "extra_body": {
         "gemlora": {
             "lora": {"r": 16, "alpha": 32},
-            "training": {"max_steps": 30, "save_steps": 10},
-            "eval": {"generation_examples": 4, "max_new_tokens": 32},
+            "training": {"max_steps": 30, "save_steps": 15},
+            "eval": {"generation_examples": 0, "max_new_tokens": 32, "graders": STYLE_GRADERS},
+            # The final version is verified (its checkpoints are callable too; `gemlora
+            # adapters verify NAME/N` checks one), then gated against the base.
+            "output": {
+                "verify": {"checkpoints": False},
+                "promote_if": {"gate": {"grader": "signed"}, "to": "champion"},
+            },
         }
     },
 }
@@ -90,6 +111,8 @@ def main() -> None:
         console.print(f"[red]the job {job.status}: {job.error}[/]")
         sys.exit(1)
 
+    step("the eval gate: the adapter against the base on the held-out questions")
+    gate_table(gateway_url, job.fine_tuned_model)
     step(f"the base and the adapter {job.fine_tuned_model!r}, same questions, greedy")
     compare(client, base=config.engine.base, adapter=job.fine_tuned_model)
 
@@ -166,6 +189,30 @@ def follow(client: OpenAI, job_id: str):
         if job.status in ("succeeded", "failed", "cancelled"):
             return job
         time.sleep(2)
+
+
+def gate_table(gateway_url: str, adapter: str) -> None:
+    """What the gate recorded on the version, as /v1/models shows it."""
+    models = httpx.get(f"{gateway_url}/v1/models", timeout=30).json()["data"]
+    gate = next((m.get("eval") for m in models if m["id"] == adapter), None)
+    if gate is None:
+        console.print("[red]the version has no eval gate decision[/]")
+        sys.exit(1)
+    table = Table("grader", "adapter", f"base ({gate['against']})", "difference",
+                  "95% interval", "wins/ties/losses")  # fmt: skip
+    for name, row in gate["graders"].items():
+        low, high = row.get("interval", [None, None])
+        table.add_row(
+            name,
+            f"{row['candidate']:.2f}",
+            f"{row['against']:.2f}",
+            f"{row.get('difference', 0):+.2f}",
+            "-" if low is None else f"[{low:+.2f}, {high:+.2f}]",
+            "/".join(map(str, row.get("wins_ties_losses", []))) or "-",
+        )
+    console.print(table)
+    passed = "[green]passed[/]: champion is now the adapter"
+    console.print(f"gate {passed if gate['passed'] else '[red]not passed[/]'} ({gate['reason']})")
 
 
 def compare(client: OpenAI, base: str, adapter: str) -> None:

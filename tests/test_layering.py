@@ -61,7 +61,7 @@ ALLOWED = {
     "serve.jobs": {"serve", "train.config", "evals", "adapters", "data", "core"},
     "serve": {"evals", "adapters", "data", "core"},
     "train": {"train.config", "evals", "adapters", "data", "core"},
-    "train.config": {"adapters", "core"},
+    "train.config": {"evals", "adapters", "core"},  # graders are validated with the config
     "evals": {"data", "core"},
     "adapters": {"core"},
     "data": {"core"},

@@ -359,10 +359,42 @@ class EvalSection(Section):
         "rejected reply, summed over its tokens) is measured with the base and with the "
         "adapter; 0: skip.",
     )
+    graders: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Graders in OpenAI's format (gemlora.evals) for `promote_if.gate`: the "
+        "new version and the alias's holder (or the base) answer the held-out prompts on the "
+        "verifying engine, and each answer is graded.",
+    )
+    gate_items: int | None = Field(
+        default=None, ge=2, description="Held-out examples the gate's eval uses; None: all."
+    )
+
+    @field_validator("graders")
+    @classmethod
+    def _valid_graders(cls, graders: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from gemlora.evals import validate_graders
+
+        validate_graders(graders)
+        return graders
+
+
+class EvalGate(Section):
+    """Promote only what is better with confidence: on `grader`, the new version's paired
+    bootstrap interval against the alias's holder (or the base) lies above `margin`, and no
+    other grader's mean falls by more than `tolerance`."""
+
+    grader: str = Field(description="Required. The deciding grader's name (in eval.graders).")
+    margin: float = Field(default=0.0, ge=0, description="The interval's lower bound must pass it.")
+    tolerance: float = Field(
+        default=0.05, ge=0, description="How far another grader's mean may fall."
+    )
+    confidence: float = Field(default=0.95, gt=0.5, lt=1, description="The interval's level.")
+    samples: int = Field(default=2000, ge=100, description="Bootstrap resamples.")
 
 
 class PromoteIf(Section):
-    """Move an alias to the new version when its eval score beats the current holder's."""
+    """Move an alias to the new version when it beats the current holder: on an eval score
+    (`metric`), or through the eval gate (`gate`: graders, paired, with confidence)."""
 
     metric: Literal[
         "exact",
@@ -383,6 +415,11 @@ class PromoteIf(Section):
     )
     to: str = Field(default="champion", description="The alias to move.")
     higher_is_better: bool = Field(default=True, description="False for losses.")
+    gate: EvalGate | None = Field(
+        default=None,
+        description="Decide by the eval gate instead of `metric` (needs eval.graders and "
+        "output.verify.engine_url).",
+    )
     verification: PromotionRule = Field(
         default="passed",
         description="What the version's verification (`output.verify`) must be: `passed` (the "
@@ -582,6 +619,32 @@ class TrainConfig(Section):
                 ("training", "early_stopping_patience"),
                 "needs held-out data: set data.eval_file or data.eval_fraction",
             )
+        return self
+
+    @model_validator(mode="after")
+    def _gate_can_run(self) -> TrainConfig:
+        """The eval gate needs its graders, an engine to answer on, and held-out prompts."""
+        rule = self.output.promote_if
+        if rule is None or rule.gate is None:
+            return self
+        names = [grader["name"] for grader in self.eval.graders]
+        if rule.gate.grader not in names:
+            _field_error(
+                ("output", "promote_if", "gate", "grader"),
+                f"{rule.gate.grader!r} is not one of eval.graders {names}",
+            )
+        if self.output.verify.engine_url is None:
+            _field_error(
+                ("output", "verify", "engine_url"),
+                "the eval gate runs on the verifying engine: set it",
+            )
+        if self.data.eval_file is None and self.data.eval_fraction == 0:
+            _field_error(
+                ("output", "promote_if", "gate"),
+                "needs held-out data: set data.eval_file or data.eval_fraction",
+            )
+        if self.method == "dpo":
+            _field_error(("output", "promote_if", "gate"), "supervised runs only, for now")
         return self
 
     @model_validator(mode="after")

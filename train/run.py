@@ -198,7 +198,7 @@ def _run(
         finish()  # registered: from here on the run completes, SIGTERM or not
         progress.write(Registered(name=result.name, version=result.version))
         result.verification = _verify(config, registry, result.version, data, progress)
-        result.promoted = _promote(config, registry, result.version)
+        result.promoted = _promote(config, registry, result.version, data, progress)
         if result.promoted is not None:
             progress.write(Promotion(to=config.output.promote_if.to, moved=result.promoted))
     return result
@@ -552,7 +552,9 @@ def _check_promotion_possible(config: TrainConfig, data: TrainingData) -> None:
     if rule is None or not config.output.register_adapter:
         return
     # eval_loss and DPO's rewards come with any held-out data; the others need a pass of their own
-    if rule.metric in ("exact", "contains", "base_exact", "base_contains"):
+    if rule.gate is not None:
+        setting, count = None, 1  # the gate's eval answers the held-out prompts itself
+    elif rule.metric in ("exact", "contains", "base_exact", "base_contains"):
         setting, count = "eval.generation_examples", config.eval.generation_examples
     elif rule.metric == "logp_margin":
         setting, count = "eval.margin_pairs", config.eval.margin_pairs
@@ -672,11 +674,17 @@ def _verify(
         return None
 
 
-def _promote(config: TrainConfig, registry, version: int) -> bool | None:
+def _promote(
+    config: TrainConfig, registry, version: int, data, progress: ProgressLog
+) -> bool | None:
     """Apply `promote_if`: True when its alias moved to `version`; None when not configured."""
     rule = config.output.promote_if
     if rule is None:
         return None
+    if rule.gate is not None:
+        from gemlora.train.eval_gate import run_gate
+
+        return run_gate(config, registry, version, data.eval, progress).passed
     return registry.promote_if_better(
         config.output.name,
         version,

@@ -37,6 +37,7 @@ from gemlora.data.safe_fetch import Resolver
 from gemlora.serve.auth import ApiKey, Authenticator, load_keys
 from gemlora.serve.errors import GatewayError, error_body, validation_error
 from gemlora.serve.gateway.config import GatewayConfig
+from gemlora.serve.gateway.graders import RUN_PATH, VALIDATE_PATH, GradersApi
 from gemlora.serve.gateway.images import ImageConverter
 from gemlora.serve.gateway.metrics import GatewayMetrics
 from gemlora.serve.gateway.models import ModelCatalog
@@ -114,6 +115,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.add_route("/v1/models", gateway.list_models, methods=["GET"])
     app.add_route("/health", gateway.health, methods=["GET"])
     app.add_route("/metrics", gateway.metrics_page, methods=["GET"])
+    graders = GradersApi(gateway)
+    app.add_route(VALIDATE_PATH, graders.validate, methods=["POST"])
+    app.add_route(RUN_PATH, graders.run, methods=["POST"])
     app.add_exception_handler(StarletteHTTPException, _http_error)
     if settings.jobs is not None:
         # Fine-tuning from the API (serve/jobs): its routes, and its job runner, which starts
@@ -125,6 +129,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             gateway.images.fetcher,
             engine_url=settings.engine_url,
             engine_dtype=settings.engine_dtype,
+            python_graders=settings.config.graders.python,
         )
         mount_jobs(app, context, settings.jobs)
     return app

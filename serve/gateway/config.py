@@ -45,6 +45,23 @@ class ImagePolicy(BaseModel):
     max_per_request: int = Field(default=8, ge=0, description="Images in one request, at most.")
 
 
+class GradersPolicy(BaseModel):
+    """What `POST /v1/fine_tuning/alpha/graders/run` may do on this gateway."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    python: bool = Field(
+        default=False,
+        description="Run `python` graders: callers' code, in a child process without network, "
+        "time- and memory-capped. Off: they are refused.",
+    )
+    python_timeout_s: float = Field(default=10, gt=0, le=600, description="Per python grader.")
+    python_memory_mib: int = Field(default=1024, ge=64, description="Per python grader.")
+    judge_timeout_s: float = Field(
+        default=120, gt=0, description="How long a score_model/label_model judge may answer."
+    )
+
+
 class GatewayConfig(BaseModel):
     """Settings of the OpenAI-compatible gateway in front of the vLLM engine."""
 
@@ -70,6 +87,7 @@ class GatewayConfig(BaseModel):
     models_cache_s: float = Field(
         default=10, ge=0, description="How long the /v1/models listing of the registry is kept."
     )
+    graders: GradersPolicy = Field(default_factory=GradersPolicy)
 
     @model_validator(mode="after")
     def _auth_off_only_on_loopback(self) -> GatewayConfig:

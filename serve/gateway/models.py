@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from gemlora.adapters import AdapterDetails, AdapterError, AdapterRegistry
 from gemlora.adapters.compat import lookup_base
+from gemlora.adapters.eval_record import eval_summary
 from gemlora.adapters.verification_record import summary as verified
 
 logger = logging.getLogger("gemlora.gateway")
@@ -26,6 +27,7 @@ class ModelEntry:
     created: int
     parent: str | None
     verification: dict | None = None  # an adapter version's (`adapters.verification.summary`)
+    evaluation: dict | None = None  # its eval gate's decision (`adapters.eval_record`)
 
     def card(self) -> dict:
         card = {
@@ -38,6 +40,8 @@ class ModelEntry:
         }
         if self.verification is not None:
             card["verification"] = self.verification
+        if self.evaluation is not None:
+            card["eval"] = self.evaluation
         return card
 
 
@@ -91,8 +95,14 @@ class ModelCatalog:
         def entry(entry_id: str, number: int) -> ModelEntry:
             version = versions[number]
             created = int(version.created_at.timestamp())
-            verification = verified(version.tags)
-            return ModelEntry(entry_id, details.name, created, self.served_name, verification)
+            return ModelEntry(
+                entry_id,
+                details.name,
+                created,
+                self.served_name,
+                verified(version.tags),
+                eval_summary(version.tags),
+            )
 
         return [
             entry(details.name, default or details.versions[0].version),

@@ -41,6 +41,7 @@ from gemlora.adapters import (
 )
 from gemlora.bases import load_catalogue, resolve_base
 from gemlora.data.safe_fetch import ImageFetcher
+from gemlora.evals import PythonGrader, validate_graders, walk
 from gemlora.serve.auth import ApiKey, Authenticator
 from gemlora.serve.errors import GatewayError, registry_unavailable, validation_error
 from gemlora.serve.jobs.config import JobsConfig
@@ -84,6 +85,7 @@ class JobsContext:
     fetcher: ImageFetcher
     engine_url: str | None = None
     engine_dtype: str = "auto"
+    python_graders: bool = False  # gateway.graders.python: jobs' eval gates may run user code
 
 
 def mount_jobs(app: FastAPI, context: JobsContext, config: JobsConfig) -> JobsApi:
@@ -239,6 +241,22 @@ class JobsApi:
 
     # --- jobs ---------------------------------------------------------------------------------
 
+    def _check_gate_graders(self, config) -> None:
+        """A python grader is callers' code: a job's eval gate runs it only where the gateway's
+        config allows python graders at all."""
+        if self.context.python_graders:
+            return
+        for index, grader in enumerate(validate_graders(config.eval.graders)):
+            for path, part in walk(grader, f"gemlora.eval.graders[{index}]"):
+                if isinstance(part, PythonGrader):
+                    raise GatewayError(
+                        400,
+                        "python graders run callers' code and are off on this gateway (its "
+                        "operator can turn them on: gateway.graders.python: true)",
+                        param=f"{path}.type",
+                        code="python_graders_disabled",
+                    )
+
     async def create_job(self, request: Request) -> JSONResponse:
         key: ApiKey = request.state.key
         create = _parse_create(await request.body())
@@ -279,6 +297,7 @@ class JobsApi:
             )
         except TrainSettingsError as error:
             raise GatewayError(400, str(error), param=error.param, code="invalid_value") from None
+        self._check_gate_graders(train_config)
         write_job_config(job_dir, train_config)
         job = JobRecord(
             id=job_id,

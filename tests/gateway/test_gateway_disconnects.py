@@ -15,6 +15,7 @@ import pytest
 from gateway_helpers import BASE, engine_metric, save_tiny_adapter
 
 from gemlora.adapters import AdapterMetadata
+from gemlora.engine_token import engine_headers
 
 pytestmark = pytest.mark.engine
 
@@ -78,7 +79,10 @@ def test_dropped_clients_under_mixed_adapter_load_free_the_engine(
 ):
     engine_url = gateway.gateway.settings.engine_url
     url = f"{gateway.url if through == 'gateway' else engine_url}/v1/chat/completions"
+    # the gateway takes a team's key; the engine only its internal token
     headers = {"Authorization": f"Bearer {keys.admin}"}
+    if through == "engine":
+        headers = engine_headers(engine_url)
     models = [BASE, *four_adapters]
     generated_before = engine_metric(engine_url, "vllm:generation_tokens_total")
     bodies = [

@@ -177,3 +177,20 @@ def test_the_jobs_api_validates_configs_without_loading_torch_or_trl():
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert loaded == "[]"
+
+
+def test_the_demos_job_is_a_valid_request_with_an_eval_gate(tmp_path):
+    """`make demo`'s job, as the openai client sends it: it trains, then gates on the style."""
+    import importlib.util
+
+    from gemlora.paths import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("demo", REPO_ROOT / "scripts/demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    job = {k: v for k, v in demo.JOB.items() if k != "extra_body"} | demo.JOB["extra_body"]
+    request = CreateJobRequest.model_validate(job | {"training_file": "file-a"})
+    config = _job_config(request, tmp_path)
+    assert config.output.promote_if.gate.grader == "signed"
+    assert [g["name"] for g in config.eval.graders] == ["greeting", "signed", "close"]
+    assert config.eval.generation_examples == 0  # the gate's eval replaces the contains-match

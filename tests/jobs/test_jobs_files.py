@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import openai
 import pytest
-from gateway_helpers import ImageServer, png, resolver_for
+from gateway_helpers import BASE, ImageServer, png, resolver_for
 from jobs_helpers import client_for, free_port, inline_jsonl, jobs_gateway, jsonl
 
 from gemlora.data.safe_fetch import FetchPolicy
@@ -176,3 +176,31 @@ def test_files_belong_to_the_key_that_uploaded_them(admin, files_gateway, keys):
     assert stored.id not in [f.id for f in team.files.list()]
     with pytest.raises(openai.AuthenticationError):
         client_for(files_gateway, "gl-wrong").files.list()
+
+
+def test_a_job_whose_eval_gate_runs_python_is_refused_unless_the_gateway_allows_it(admin, samples):
+    """A python grader is the caller's code: a job's eval gate may not run it on a gateway
+    whose `gateway.graders.python` is off (the default)."""
+    upload = admin.files.create(
+        file=("train.jsonl", inline_jsonl(samples / "shapes-vqa" / "train.jsonl", 6)),
+        purpose="fine-tune",
+    )
+    python = {"type": "python", "name": "short", "source": "def grade(s, i):\n    return 1.0\n"}
+    signed = {
+        "type": "string_check",
+        "name": "signed",
+        "input": "{{sample.output_text}}",
+        "reference": "x",
+        "operation": "like",
+    }
+    both = {"type": "multi", "name": "both", "graders": {"p": python}, "calculate_output": "p"}
+    settings = {
+        "eval": {"graders": [signed, both]},
+        "output": {"promote_if": {"gate": {"grader": "signed"}}},
+    }
+    with pytest.raises(openai.BadRequestError) as refused:
+        admin.fine_tuning.jobs.create(
+            model=BASE, training_file=upload.id, extra_body={"gemlora": settings}
+        )
+    assert refused.value.body["code"] == "python_graders_disabled"
+    assert refused.value.body["param"] == "gemlora.eval.graders[1].graders.p.type"
