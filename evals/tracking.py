@@ -30,9 +30,14 @@ def record_eval(spec: EvalSpec, items: list[dict[str, Any]], result: EvalResult)
     uri = tracking_uri(spec)
     if uri is None:
         return result
-    mlflow.set_tracking_uri(uri)
-    experiment = mlflow.set_experiment(spec.tracking.experiment)
-    with mlflow.start_run(run_name=f"eval: {spec.name}") as parent:
+    # Inside a training run (the eval gate), the eval is a child of that run.
+    inside = mlflow.active_run()
+    if inside is None:
+        mlflow.set_tracking_uri(uri)
+        experiment_id = mlflow.set_experiment(spec.tracking.experiment).experiment_id
+    else:
+        uri, experiment_id = mlflow.get_tracking_uri(), inside.info.experiment_id
+    with mlflow.start_run(run_name=f"eval: {spec.name}", nested=inside is not None) as parent:
         mlflow.log_params(
             {
                 "eval": spec.name,
@@ -48,7 +53,7 @@ def record_eval(spec: EvalSpec, items: list[dict[str, Any]], result: EvalResult)
             _record_model(spec, items, result, model)
         mlflow.log_dict(spec.model_dump(mode="json"), "spec.json")
         mlflow.log_dict(json.loads(result.model_dump_json()), "result.json")
-    url = f"{uri.rstrip('/')}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}"
+    url = f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{parent.info.run_id}"
     return result.model_copy(update={"mlflow_run_id": parent.info.run_id, "mlflow_url": url})
 
 

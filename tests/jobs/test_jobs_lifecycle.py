@@ -49,6 +49,13 @@ def image_question(samples) -> list[dict]:
 
 def test_a_job_succeeds_and_its_model_answers_at_once(admin, gateway, engine, registry, samples):
     train, held_out = upload_shapes(admin, samples)
+    settings = tiny_settings()
+    # An eval gate the tiny model cannot pass (no answer equals its reference, the base's
+    # neither): the job still succeeds, says why the alias stays, and records the decision.
+    exact = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+             "reference": "{{item.reference}}", "operation": "eq"}  # fmt: skip
+    settings["eval"]["graders"] = [exact]
+    settings["output"]["promote_if"] = {"gate": {"grader": "exact", "samples": 200}}
 
     job = admin.fine_tuning.jobs.create(
         model=BASE,
@@ -58,7 +65,7 @@ def test_a_job_succeeds_and_its_model_answers_at_once(admin, gateway, engine, re
         suffix="shapes",
         seed=7,
         metadata={"team": "qa"},
-        extra_body={"gemlora": tiny_settings()},
+        extra_body={"gemlora": settings},
     )
 
     assert job.object == "fine_tuning.job" and job.id.startswith("ftjob-")
@@ -95,6 +102,10 @@ def test_a_job_succeeds_and_its_model_answers_at_once(admin, gateway, engine, re
     assert listed[name].verification["state"] == "passed"
     assert listed[f"{name}/3"].verification == listed[name].verification
     assert listed[f"{name}/1"].verification["state"] == "passed"  # checkpoints are verified too
+    gate = listed[f"{name}/3"].eval  # the gate's eval ran as a child of the training run
+    assert gate["passed"] is False and gate["graders"]["exact"]["wins_ties_losses"] == [0, 4, 0]
+    assert "champion" not in registry.show(name).aliases
+    assert _run_parent(registry, gate["mlflow_run_id"]) == mlflow["run_id"]
     params = _run_params(registry, mlflow["run_id"])
     assert params["training.lr"] == "0.002"  # 1e-3 (gemlora.training.lr) x multiplier 2
     assert (params["training.batch_size"], params["training.seed"]) == ("2", "7")
@@ -123,6 +134,7 @@ def test_a_job_succeeds_and_its_model_answers_at_once(admin, gateway, engine, re
         f"Registered {name} version 3",
         f"Verification passed for version 3 on {BASE}: 6 prompts, 2 with images",
         f"Verification passed for version 1 on {BASE}",
+        f"Eval gate not passed for version 3 against {BASE}: exact +0.000 [+0.000, +0.000]",
         "The job has successfully completed",
     ]
     positions = [_index(messages, text) for text in expected]
@@ -342,3 +354,13 @@ def _run_status(registry, run_id: str) -> str:
     from mlflow import MlflowClient
 
     return MlflowClient(registry.config.tracking_uri).get_run(run_id).info.status
+
+
+def _run_parent(registry, run_id: str) -> str | None:
+    from mlflow import MlflowClient
+
+    return (
+        MlflowClient(registry.config.tracking_uri)
+        .get_run(run_id)
+        .data.tags.get("mlflow.parentRunId")
+    )
