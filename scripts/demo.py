@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 from openai import OpenAI
@@ -88,15 +89,16 @@ def main() -> None:
     for name in ("gemma-3-270m", "gemma-3-270m-w4a16"):
         console.print(f"{name}: {build_model(name).path}")
 
-    step("validating the sample style dataset")
+    step(f"starting MLflow, vLLM and the gateway: gemlora serve {CONFIG.relative_to(REPO_ROOT)}")
+    process = start_services(gateway_url)
+
+    step("validating the sample style dataset (while vLLM starts)")
     subprocess.run([*GEMLORA, "data", "samples"], check=True)
     subprocess.run(
         [*GEMLORA, "data", "validate", str(STYLE / "train.jsonl"), "--model", JOB["model"]],
         check=True,
     )
-
-    step(f"starting MLflow, vLLM and the gateway: gemlora serve {CONFIG.relative_to(REPO_ROOT)}")
-    start_services(gateway_url)
+    wait_for_services(gateway_url, process)
 
     client = OpenAI(base_url=f"{gateway_url}/v1", api_key="demo")  # auth is off on loopback
     step("uploading the dataset through the Files API")
@@ -112,7 +114,7 @@ def main() -> None:
         sys.exit(1)
 
     step("the eval gate: the adapter against the base on the held-out questions")
-    gate_table(gateway_url, job.fine_tuned_model)
+    gate = gate_table(gateway_url, job.fine_tuned_model)
     step(f"the base and the adapter {job.fine_tuned_model!r}, same questions, greedy")
     compare(client, base=config.engine.base, adapter=job.fine_tuned_model)
 
@@ -121,6 +123,8 @@ def main() -> None:
     console.print(f"gateway (OpenAI API):  {gateway_url}/v1   models: {gateway_url}/v1/models")
     console.print(f"MLflow UI:             {mlflow_url}")
     console.print(f"  the training run:    {mlflow['run_url']}")
+    eval_run = f"{mlflow['run_url'].rsplit('/', 1)[0]}/{gate['mlflow_run_id']}"
+    console.print(f"  the gate's eval:     {eval_run} (its model runs: traces, assessments)")
     console.print(f"  the adapter:         {mlflow['registered_model_url']}")
     console.print(f"call it yourself:      curl {gateway_url}/v1/chat/completions "
                   f"-H 'Content-Type: application/json' -d '{{\"model\": "
@@ -130,12 +134,12 @@ def main() -> None:
     console.print(f"[dim]total {time.monotonic() - started:.0f} s; service log {LOG_FILE}[/]")
 
 
-def start_services(gateway_url: str) -> None:
-    """`gemlora serve` in the background (pid in PID_FILE), unless the demo's is already up;
-    returns once the gateway, the engine and MLflow all answer."""
+def start_services(gateway_url: str) -> subprocess.Popen | None:
+    """`gemlora serve` in the background (pid in PID_FILE), unless the demo's is already up
+    (then None)."""
     if healthy(gateway_url):
         console.print(f"already running at {gateway_url}")
-        return
+        return None
     LOG_FILE.parent.mkdir(parents=True, exist_ok=True)
     PID_FILE.parent.mkdir(parents=True, exist_ok=True)
     with LOG_FILE.open("ab") as log:
@@ -147,6 +151,13 @@ def start_services(gateway_url: str) -> None:
             start_new_session=True,  # keeps running after the demo exits
         )
     PID_FILE.write_text(str(process.pid))
+    return process
+
+
+def wait_for_services(gateway_url: str, process: subprocess.Popen | None) -> None:
+    """Returns once the gateway, the engine and MLflow all answer."""
+    if process is None:
+        return
     with console.status(
         f"waiting for {gateway_url}/health (vLLM takes 1-3 minutes; log {LOG_FILE})"
     ):
@@ -191,15 +202,15 @@ def follow(client: OpenAI, job_id: str):
         time.sleep(2)
 
 
-def gate_table(gateway_url: str, adapter: str) -> None:
+def gate_table(gateway_url: str, adapter: str) -> dict:
     """What the gate recorded on the version, as /v1/models shows it."""
     models = httpx.get(f"{gateway_url}/v1/models", timeout=30).json()["data"]
     gate = next((m.get("eval") for m in models if m["id"] == adapter), None)
     if gate is None:
         console.print("[red]the version has no eval gate decision[/]")
         sys.exit(1)
-    table = Table("grader", "adapter", f"base ({gate['against']})", "difference",
-                  "95% interval", "wins/ties/losses")  # fmt: skip
+    console.print(f"graded on the held-out questions: the adapter vs {gate['against']}")
+    table = Table("grader", "adapter", "base", "difference", "95% interval", "W/T/L")
     for name, row in gate["graders"].items():
         low, high = row.get("interval", [None, None])
         table.add_row(
@@ -213,15 +224,18 @@ def gate_table(gateway_url: str, adapter: str) -> None:
     console.print(table)
     passed = "[green]passed[/]: champion is now the adapter"
     console.print(f"gate {passed if gate['passed'] else '[red]not passed[/]'} ({gate['reason']})")
+    return gate
 
 
 def compare(client: OpenAI, base: str, adapter: str) -> None:
     lines = (STYLE / "eval.jsonl").read_text().splitlines()[:QUESTIONS]
     questions = [json.loads(line)["messages"][0]["content"] for line in lines]
     table = Table("question", f"base: {base}", f"adapter: {adapter}", show_lines=True)
+    asks = [(model, question) for question in questions for model in (base, adapter)]
+    with ThreadPoolExecutor(len(asks)) as pool:  # all at once: the engine batches them
+        answers = dict(zip(asks, pool.map(lambda a: ask(client, *a), asks), strict=True))
     for question in questions:
-        answers = [ask(client, model, question) for model in (base, adapter)]
-        table.add_row(question, *answers)
+        table.add_row(question, answers[(base, question)], answers[(adapter, question)])
     console.print(table)
 
 
