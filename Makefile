@@ -44,10 +44,10 @@ bench-cpu-lora: install  ## the CPU multi-LoRA kernels alone: vLLM's vs gemlora'
 bench-startup: install  ## a multimodal engine's start to first answer: gemlora's processor loading vs vLLM's (JSON + PNG; ~11 min)
 	$(PY) benchmarks/startup.py --out benchmarks/results/startup.json
 
-bench-reliability: install  ## soak, engine and MLflow SIGKILL mid-soak, disconnect storm, 10,000 fuzzed requests, hung engine, early pause (JSON + PNG; ~25 min)
+bench-reliability: install  ## soak, engine and MLflow SIGKILL mid-soak, disconnect storm, 10,000 fuzzed requests, hung engine, early pause (JSON + PNG; ~23 min)
 	$(PY) benchmarks/reliability.py --out benchmarks/results/reliability.json
 
-bench-eval: install  ## an eval of 16 items on 4 models: concurrent vs one call after another (JSON + PNG; ~10 min)
+bench-eval: install  ## an eval of 16 items on 4 models: concurrent vs one call after another (JSON + PNG; ~13 min)
 	$(PY) benchmarks/eval.py --out benchmarks/results/eval.json
 
 bench-train: install  ## gemlora's trainer vs plain TRL: step time, memory, loss curves (JSON + PNG; ~20 min)

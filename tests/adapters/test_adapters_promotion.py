@@ -143,9 +143,9 @@ def test_a_check_that_breaks_during_a_run_is_recorded_as_error_and_not_promoted(
     level, message, _ = events[0].describe()
     assert level == "error" and f"Verification of version {version} broke" in message
 
-    assert _promote(parse_config(document), registry, version) is False
+    assert _promote(parse_config(document), registry, version, None, None) is False
     document["output"]["promote_if"]["verification"] = "not_failed"
-    assert _promote(parse_config(document), registry, version) is False
+    assert _promote(parse_config(document), registry, version, None, None) is False
     assert "champion" not in registry.show(name).aliases
 
 

@@ -23,6 +23,9 @@ def test_ui_serves_mlflow_with_sqlite_under_gemlora_home_until_ctrl_c(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # as from a terminal: a suite run in the background (`make test &`) ignores SIGINT,
+        # and its children would inherit that and never see the Ctrl-C below
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         first_line = process.stdout.readline()
