@@ -6,21 +6,29 @@ Everything heavy (transformers, datasets, PIL) is imported inside the commands, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from gemlora.data.example import DatasetError, Problem
-from gemlora.data.formats.common import PREFERENCE_FORMATS, AnyFormat, DatasetFormat
+from gemlora.data.formats.common import (
+    PREFERENCE_FORMATS,
+    PROMPT_FORMATS,
+    AnyFormat,
+    DatasetFormat,
+)
 from gemlora.data.tokens import OverlongPolicy
 
 app = typer.Typer(no_args_is_help=True)
 console = Console(highlight=False)
 
 DEFAULT_PREVIEW_MODEL = "gemma-3-270m"
+DatasetKind = Literal["chat", "preference", "prompt"]
 
 FileArgument = Annotated[
     Path, typer.Argument(help="A JSONL/JSON file, parquet file or dataset dir.")
@@ -34,8 +42,8 @@ AnyFormatOption = Annotated[
     typer.Option(
         "--format",
         "-f",
-        help="Chat: openai, hf, sharegpt; preference: openai-preference, trl-preference "
-        "(default: detected).",
+        help="Chat: openai, hf, sharegpt; preference: openai-preference, trl-preference; "
+        "reinforcement prompts: openai-reinforcement (default: detected).",
     ),
 ]
 MaxImagesOption = Annotated[int, typer.Option(help="Most images one example may have.")]
@@ -46,7 +54,7 @@ AllowRemoteOption = Annotated[
 
 @app.callback()
 def callback() -> None:
-    """Validate and preview chat and preference datasets."""
+    """Validate and preview chat, preference and reinforcement prompt datasets."""
 
 
 @app.command()
@@ -63,6 +71,14 @@ def validate(
     overlong: Annotated[
         OverlongPolicy, typer.Option(help="Over-long examples: refuse (error) or drop (warning).")
     ] = "refuse",
+    completion_tokens: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Reinforcement prompts: tokens each completion may take, counted with the "
+            "prompt against the max length.",
+        ),
+    ] = 0,
     max_images: MaxImagesOption = 8,
     allow_remote: AllowRemoteOption = False,
     strict: Annotated[bool, typer.Option(help="Stop at the first error.")] = False,
@@ -71,12 +87,19 @@ def validate(
 
     Preference (DPO) datasets are told apart by their records and checked as pairs: a prompt
     ending with a user turn, two different one-message assistant replies, and prompt + each
-    reply within the max length. Exits 1 when there is any error.
+    reply within the max length. Reinforcement prompt (RFT) datasets, whose conversations end
+    with a user turn, are checked as prompts: the prompt rendered with the generation prompt
+    plus --completion-tokens within the max length; their other fields are the grader's item.
+    Exits 1 when there is any error.
     """
-    from gemlora.data.validation import validate_dataset, validate_preferences
-
+    kind = _kind(file, format)
+    if completion_tokens and kind != "prompt":
+        raise typer.BadParameter(
+            "only reinforcement prompt datasets have completions to leave room for",
+            param_hint="--completion-tokens",
+        )
     options = _read_options(max_images, allow_remote, strict)
-    check = validate_preferences if _is_preference(file, format) else validate_dataset
+    check = _validator(kind, completion_tokens)
     try:
         report = check(
             file, format, options=options, model=model, max_length=max_length, overlong=overlong
@@ -110,13 +133,14 @@ def preview(
 
     The base's chat template is rendered and tokenized by its processor, images expanded to
     their tokens, and the token ids decoded back to text. For a preference pair: the prompt up
-    to the opening of the model's turn, then the chosen and the rejected reply.
+    to the opening of the model's turn, then the chosen and the rejected reply. For a
+    reinforcement prompt: the prompt up to the opening of the model's turn, then its item (the
+    fields a grader reads).
     """
-    from gemlora.data.reader import read_dataset, read_preferences
     from gemlora.data.tokens import load_token_counter
 
-    preference = _is_preference(file, format)
-    read_file = read_preferences if preference else read_dataset
+    kind = _kind(file, format)
+    read_file = _reader(kind)
     try:
         read = read_file(
             file, format, options=_read_options(max_images, allow_remote, False), limit=n
@@ -134,8 +158,11 @@ def preview(
         )
         raise typer.Exit(1)
     for example in read.examples:
-        if preference:
+        if kind == "preference":
             _preview_pair(counter, example)
+            continue
+        if kind == "prompt":
+            _preview_prompt(counter, example)
             continue
         ids = counter.encode(example)
         console.rule(f"{example.source} · {len(ids)} tokens · {_images(example)}")
@@ -188,7 +215,8 @@ def samples(
 ) -> None:
     """Write the sample datasets; the same bytes every run.
 
-    shapes-vqa and style-chat (OpenAI chat JSONL), style-preference (OpenAI preference JSONL).
+    shapes-vqa and style-chat (OpenAI chat JSONL), style-preference (OpenAI preference JSONL),
+    say-the-word (OpenAI reinforcement JSONL).
     """
     from gemlora.data.sample_sets import SAMPLES_DIR, write_samples
 
@@ -197,10 +225,32 @@ def samples(
         console.print(f"{name}: {counts['train']} train, {counts['eval']} eval -> {target / name}")
 
 
-def _is_preference(file: Path, format: AnyFormat | None) -> bool:
-    from gemlora.data.reader import is_preference_file
+def _kind(file: Path, format: AnyFormat | None) -> DatasetKind:
+    """Which kind of dataset the file is: the named format's, or told by its records."""
+    from gemlora.data.reader import is_preference_file, is_prompt_file
 
-    return format in PREFERENCE_FORMATS if format else is_preference_file(file)
+    if format:
+        preference, prompt = format in PREFERENCE_FORMATS, format in PROMPT_FORMATS
+    else:
+        preference = is_preference_file(file)
+        prompt = not preference and is_prompt_file(file)
+    return "preference" if preference else "prompt" if prompt else "chat"
+
+
+def _reader(kind: DatasetKind) -> Callable:
+    from gemlora.data.reader import read_dataset, read_preferences, read_prompts
+
+    if kind == "prompt":
+        return read_prompts
+    return read_preferences if kind == "preference" else read_dataset
+
+
+def _validator(kind: DatasetKind, completion_tokens: int) -> Callable:
+    from gemlora.data.validation import validate_dataset, validate_preferences, validate_prompts
+
+    if kind == "prompt":
+        return partial(validate_prompts, completion_tokens=completion_tokens)
+    return validate_preferences if kind == "preference" else validate_dataset
 
 
 def _preview_pair(counter, example) -> None:
@@ -212,6 +262,16 @@ def _preview_pair(counter, example) -> None:
     for title, ids in (("chosen", tokens.chosen), ("rejected", tokens.rejected)):
         console.rule(f"{title} · {len(ids)} tokens", align="left", style="dim")
         typer.echo(counter.tokenizer.decode(ids, skip_special_tokens=False))
+
+
+def _preview_prompt(counter, example) -> None:
+    import json
+
+    ids = counter.encode(example.prompt_example(), add_generation_prompt=True)
+    console.rule(f"{example.source} · prompt {len(ids)} tokens · {_images(example)}")
+    typer.echo(counter.tokenizer.decode(ids, skip_special_tokens=False))
+    console.rule("item (what the grader reads)", align="left", style="dim")
+    typer.echo(json.dumps(example.item, indent=2, ensure_ascii=False, sort_keys=True))
 
 
 def _images(example) -> str:
@@ -235,26 +295,41 @@ def _print_summary(report) -> None:
     table.add_row("file", f"{read.path} ({read.format})")
     rejected = read.records - len(read.examples)
     left_out = len(read.examples) - len(report.examples)
-    pairs = read.format in PREFERENCE_FORMATS
+    unit = _unit(read.format)
     table.add_row(
-        "pairs" if pairs else "examples",
+        f"{unit}s",
         f"{len(report.examples)} usable of {read.records} records "
         f"({rejected} invalid, {left_out} over-long)",
     )
     stats = report.length_stats()
     if stats:
-        measured = "prompt + longer reply, " if pairs else ""
         table.add_row(
             "tokens",
             f"min {stats.min}, median {stats.median}, p95 {stats.p95}, max {stats.max} "
-            f"({measured}max length {report.max_length}, {report.model})",
+            f"({_measured(report)}max length {report.max_length}, {report.model})",
         )
     elif report.model is None:
         table.add_row("tokens", "not measured: pass --model (e.g. --model gemma-3-270m)")
     per_example = ", ".join(f"{n}: {count}" for n, count in report.images_per_example().items())
-    table.add_row("images/pair" if pairs else "images/example", per_example or "-")
+    table.add_row(f"images/{unit}", per_example or "-")
     table.add_row("problems", f"{len(report.errors)} errors, {len(report.warnings)} warnings")
     console.print(table)
+
+
+def _unit(format: AnyFormat) -> str:
+    """What one record of the format is called in the summary."""
+    if format in PREFERENCE_FORMATS:
+        return "pair"
+    return "prompt" if format in PROMPT_FORMATS else "example"
+
+
+def _measured(report) -> str:
+    """What the token lengths count, when it is not the whole example."""
+    if report.read.format in PREFERENCE_FORMATS:
+        return "prompt + longer reply, "
+    if report.read.format in PROMPT_FORMATS:
+        return f"prompt; + {report.completion_tokens} per completion within "
+    return ""
 
 
 def _print_problems(problems: list[Problem]) -> None:

@@ -3,7 +3,8 @@
 Gemma 3's chat template folds a system message into the first user turn and needs user and
 assistant turns to alternate; training needs an assistant turn to learn from at the end.
 A preference pair is a prompt that ends with a user turn and two different one-message
-assistant replies; prompt plus either reply must then be a valid conversation.
+assistant replies; prompt plus either reply must then be a valid conversation. A reinforcement
+prompt also ends with a user turn, and is otherwise held to the rules of any conversation.
 """
 
 from __future__ import annotations
@@ -55,9 +56,7 @@ def check_messages(
     if not messages:
         return [Issue(container, "no messages")]
     fields = fields or [MessageFields.of(i) for i in range(len(messages))]
-    issues = _check_roles(messages, fields, require_assistant_last, container)
-    for message, where in zip(messages, fields, strict=True):
-        issues += _check_content(message, where.content)
+    issues = _check_conversation(messages, fields, require_assistant_last, container)
     assistants = [m for m in messages if m.role == "assistant"]
     if assistants and not any(m.weight for m in assistants):
         issues.append(Issue(container, "every assistant turn has weight 0: nothing to train on"))
@@ -68,7 +67,9 @@ def check_preference(draft: PreferenceDraft) -> list[Issue]:
     """Every rule a preference pair breaks, each naming its field. The shape comes first (a
     prompt ending with a user turn, one assistant message per reply); only a pair of that shape
     is checked as conversations, so one misplaced turn gives one error."""
-    issues = _check_prompt_shape(draft.prompt)
+    issues = _check_prompt_shape(
+        draft.prompt, "a preference prompt must end with a user turn, not {role}"
+    )
     issues += _check_reply_shape(draft.chosen) + _check_reply_shape(draft.rejected)
     if issues:
         return issues
@@ -86,17 +87,31 @@ def check_preference(draft: PreferenceDraft) -> list[Issue]:
     return issues
 
 
-def _check_prompt_shape(prompt: Draft) -> list[Issue]:
+def check_prompt(prompt: Draft) -> list[Issue]:
+    """Every rule a reinforcement prompt breaks, each naming its field: the shape first (it
+    ends with a user turn), then the rules of any conversation. Weights are not checked: nothing
+    in a prompt is trained on."""
+    issues = _check_prompt_shape(
+        prompt, "a reinforcement prompt ends with a user turn: the model writes the reply"
+    )
+    if issues:
+        return issues
+    return _check_conversation(
+        prompt.messages,
+        prompt.message_fields,
+        require_assistant_last=False,
+        container=prompt.container,
+    )
+
+
+def _check_prompt_shape(prompt: Draft, rule: str) -> list[Issue]:
+    """A prompt has messages and ends with a user turn; `rule` says so when it does not, with
+    `{role}` standing for the last message's role."""
     if not prompt.messages:
         return [Issue(prompt.container, "no messages")]
     last = prompt.messages[-1]
     if last.role != "user":
-        return [
-            Issue(
-                prompt.message_fields[-1].role,
-                f"a preference prompt must end with a user turn, not {last.role}",
-            )
-        ]
+        return [Issue(prompt.message_fields[-1].role, rule.format(role=last.role))]
     return []
 
 
@@ -117,6 +132,19 @@ def _check_reply_shape(reply: Draft) -> list[Issue]:
             )
         ]
     return []
+
+
+def _check_conversation(
+    messages: Sequence[Message],
+    fields: Sequence[MessageFields],
+    require_assistant_last: bool,
+    container: str,
+) -> list[Issue]:
+    """The roles' order, then each message's content."""
+    issues = _check_roles(messages, fields, require_assistant_last, container)
+    for message, where in zip(messages, fields, strict=True):
+        issues += _check_content(message, where.content)
+    return issues
 
 
 def _check_roles(

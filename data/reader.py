@@ -1,5 +1,6 @@
 """`read_dataset`: a dataset file in any supported format -> canonical examples + problems;
-`read_preferences`: the same for preference (DPO) datasets.
+`read_preferences`: the same for preference (DPO) datasets; `read_prompts`: the same for
+reinforcement prompts (RFT), each with the item its grader reads.
 
 Each record goes through the same steps: convert (format-specific structure and types),
 check the conversation rules, check the image count, then load every image under the limits.
@@ -11,12 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Generic, NoReturn, TypeVar
 
-from gemlora.data.conversation_rules import check_messages, check_preference
+from gemlora.data.conversation_rules import check_messages, check_preference, check_prompt
 from gemlora.data.example import (
     DatasetError,
     Example,
@@ -29,24 +30,30 @@ from gemlora.data.example import (
 from gemlora.data.formats import (
     CONVERTERS,
     PREFERENCE_CONVERTERS,
+    PROMPT_CONVERTERS,
     DatasetFormat,
     Draft,
     PreferenceDraft,
     PreferenceFormat,
+    PromptDraft,
+    PromptFormat,
     RecordError,
     classify,
     classify_preference,
+    classify_prompt,
 )
 from gemlora.data.images import ImageError, ImageLimits, ImageLoader, ImageRef, LoadedImage
 from gemlora.data.preference import PreferenceExample, preference_digest
+from gemlora.data.prompts import PromptExample, prompt_digest
 from gemlora.data.records import MB, Record, iter_records
 from gemlora.data.safe_fetch import ImageFetcher
 
 DETECTION_RECORDS = 50  # records looked at to tell the format
 Converter = Callable[[dict], Draft]
 PreferenceConverter = Callable[[dict], PreferenceDraft]
-E = TypeVar("E", Example, PreferenceExample)
-F = TypeVar("F", DatasetFormat, PreferenceFormat)
+PromptConverter = Callable[[dict], PromptDraft]
+E = TypeVar("E", Example, PreferenceExample, PromptExample)
+F = TypeVar("F", DatasetFormat, PreferenceFormat, PromptFormat)
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,9 @@ class ReadOptions:
     max_line_bytes: int = 10 * MB
     image_limits: ImageLimits = field(default_factory=ImageLimits)  # for local and data: images
     fetcher: ImageFetcher | None = None  # None: remote image URLs are refused
-    require_assistant_last: bool = True  # SFT only: a preference prompt always ends with user
+    # SFT only (a preference or reinforcement prompt always ends with user); False also lets
+    # `read_dataset` read a file of prompts as chat examples
+    require_assistant_last: bool = True
     strict: bool = False
 
 
@@ -80,6 +89,12 @@ class PreferenceReadResult(_Read[PreferenceExample, PreferenceFormat]):
         return preference_digest(self.examples)
 
 
+@dataclass
+class PromptReadResult(_Read[PromptExample, PromptFormat]):
+    def digest(self) -> str:
+        return prompt_digest(self.examples)
+
+
 def read_dataset(
     path: str | Path,
     format: DatasetFormat | None = None,
@@ -94,7 +109,7 @@ def read_dataset(
     path = Path(path)
     records = iter_records(path, options.max_line_bytes)
     if format is None:
-        format, records = _detect(path, records)
+        format, records = _detect(path, records, options.require_assistant_last)
     convert = CONVERTERS[format]
     loader = _loader(path, options)
     result = ReadResult(path, format, 0, [], [])
@@ -131,6 +146,33 @@ def read_preferences(
     return result
 
 
+def read_prompts(
+    path: str | Path,
+    format: PromptFormat | None = None,
+    *,
+    options: ReadOptions | None = None,
+    limit: int | None = None,
+) -> PromptReadResult:
+    """`read_dataset` for reinforcement prompt datasets (OpenAI reinforcement JSONL): every
+    record, or until `limit` valid prompts."""
+    options = options or ReadOptions()
+    path = Path(path)
+    records = iter_records(path, options.max_line_bytes)
+    if format is None:
+        format, records = _detect_prompt(path, records)
+    convert = PROMPT_CONVERTERS[format]
+    loader = _loader(path, options)
+    result = PromptReadResult(path, format, 0, [], [])
+    _read_all(
+        result,
+        records,
+        lambda record: _build_prompt(record, convert, loader, options),
+        options,
+        limit,
+    )
+    return result
+
+
 def is_preference_file(path: str | Path, max_line_bytes: int = 10 * MB) -> bool:
     """Whether the first record that tells a format is a preference record. False for SFT
     datasets and for files that cannot be read (reading them as SFT reports why)."""
@@ -147,6 +189,34 @@ def is_preference_file(path: str | Path, max_line_bytes: int = 10 * MB) -> bool:
     except DatasetError:
         return False
     return False
+
+
+def is_prompt_file(path: str | Path, max_line_bytes: int = 10 * MB) -> bool:
+    """Whether the file holds reinforcement prompts: most of its first records that tell a kind
+    are prompts. False for chat and preference datasets and for files that cannot be read
+    (reading them as SFT reports why)."""
+    try:
+        records = iter_records(Path(path), max_line_bytes)
+        with contextlib.closing(records):
+            return _mostly_prompts(itertools.islice(records, DETECTION_RECORDS))
+    except DatasetError:
+        return False
+
+
+def _mostly_prompts(seen: Iterable[Record | Problem]) -> bool:
+    """Whether more of the records that tell a kind are prompts than chat or preference records.
+    A prompt and a chat record differ only in their last turn, which is just what a malformed
+    record gets wrong, so the first record alone would send a chat file with one bad record on
+    its first line down the wrong reader (and every good record after it would be an error)."""
+    prompts = others = 0
+    for item in seen:
+        if not isinstance(item, Record):
+            continue
+        if classify_prompt(item.value):
+            prompts += 1
+        elif classify_preference(item.value) or classify(item.value):
+            others += 1
+    return prompts > others
 
 
 def _loader(path: Path, options: ReadOptions) -> ImageLoader:
@@ -180,8 +250,21 @@ def _read_all(
         raise DatasetError(Problem(Source(result.path), "", "the dataset has no records"))
 
 
-def _detect(path: Path, records: Iterator) -> tuple[DatasetFormat, Iterator]:
-    """Look at the first records to tell the format, then hand back all records."""
+def _detect(
+    path: Path, records: Iterator, refuse_prompts: bool = True
+) -> tuple[DatasetFormat, Iterator]:
+    """Look at the first records to tell the format, then hand back all records. A file of
+    reinforcement prompts is refused as a whole (`refuse_prompts`), rather than each of its
+    records for not ending with an assistant turn."""
+    seen, records = _peek(records)
+    if refuse_prompts and _mostly_prompts(seen):
+        _unknown(
+            path,
+            seen,
+            "this is a reinforcement prompt dataset (openai-reinforcement): its conversations end "
+            "with a user turn, where a chat dataset is expected (prompt data is read by "
+            "read_prompts)",
+        )
     found, records, seen = _first_match(path, records, classify)
     if found:
         return found, records
@@ -210,6 +293,39 @@ def _detect_preference(path: Path, records: Iterator) -> tuple[PreferenceFormat,
         "cannot tell the preference format: no record has `preferred_output` (OpenAI) or "
         "`chosen` and `rejected` (TRL) (pass --format openai-preference or trl-preference)",
     )
+
+
+def _detect_prompt(path: Path, records: Iterator) -> tuple[PromptFormat, Iterator]:
+    seen, records = _peek(records)
+    if not seen:
+        raise DatasetError(Problem(Source(path), "", "the dataset has no records"))
+    if _mostly_prompts(seen):
+        return "openai-reinforcement", records
+    values = [item.value for item in seen if isinstance(item, Record)]
+    preference = next((kind for value in values if (kind := classify_preference(value))), None)
+    chat = next((kind for value in values if (kind := classify(value))), None)
+    if preference:
+        message = (
+            f"this is a preference dataset ({preference}), where a reinforcement prompt dataset "
+            "is expected (preference data is read by read_preferences)"
+        )
+    elif chat:
+        message = (
+            f"this is a chat dataset ({chat}): its conversations end with an assistant turn, "
+            "where a reinforcement prompt dataset is expected (chat data is read by read_dataset)"
+        )
+    else:
+        message = (
+            "cannot tell the prompt format: no record has `messages` ending with a user turn "
+            "(pass --format openai-reinforcement)"
+        )
+    _unknown(path, seen, message)
+
+
+def _peek(records: Iterator) -> tuple[list, Iterator]:
+    """The first records (as many as detection looks at), and all records to read."""
+    seen = list(itertools.islice(records, DETECTION_RECORDS))
+    return seen, itertools.chain(seen, records)
 
 
 def _first_match(
@@ -270,6 +386,22 @@ def _build_preference(
     chosen = replace(draft.chosen.messages[0], weight=1)
     rejected = replace(draft.rejected.messages[0], weight=1)
     return PreferenceExample(prompt, chosen, rejected, images, record.source), issues
+
+
+def _build_prompt(
+    record: Record, convert: PromptConverter, loader: ImageLoader, options: ReadOptions
+) -> tuple[PromptExample | None, list[Issue]]:
+    try:
+        draft = convert(record.value)
+    except RecordError as error:
+        return None, [Issue(error.field, error.message)]
+    issues = draft.warnings + check_prompt(draft.prompt)
+    images = _load_images(draft.prompt.images, loader, options, issues)
+    if images is None:
+        return None, issues
+    # Nothing in a prompt is trained on: the model learns from its own graded replies.
+    prompt = tuple(replace(message, weight=0) for message in draft.prompt.messages)
+    return PromptExample(prompt, images, draft.item, record.source), issues
 
 
 def _load_images(

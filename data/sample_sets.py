@@ -6,6 +6,9 @@
   "— Captain Gem": a style a base model does not have, so an adapter that learned it shows.
 - `style-preference`: the same questions as preference pairs (OpenAI preference JSONL): the
   Captain Gem reply preferred, the plain answer rejected. Its eval questions are style-chat's.
+- `say-the-word`: prompts asking for one given word alone ("Repeat after me: candle"), the word
+  in the item field `answer` (OpenAI reinforcement JSONL): a format task for reinforcement
+  fine-tuning with a grader that compares the reply to `{{item.answer}}`.
 
 Each set has `train.jsonl` and a held-out `eval.jsonl`, split by `gemlora.data.split` on content.
 Run `gemlora data samples` (or `python -m gemlora.data.sample_sets`).
@@ -24,8 +27,10 @@ from pathlib import Path
 from gemlora.data.example import Example, ImagePart, Message, TextPart
 from gemlora.data.formats.openai import openai_record
 from gemlora.data.formats.openai_preference import openai_preference_record
+from gemlora.data.formats.openai_reinforcement import openai_reinforcement_record
 from gemlora.data.images import ImageLimits, decode_image
 from gemlora.data.preference import PreferenceExample
+from gemlora.data.prompts import PromptExample
 from gemlora.data.split import split_examples
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
@@ -320,6 +325,59 @@ def write_style_preference(out: Path) -> dict[str, int]:
     return {"train": len(split.train), "eval": len(split.eval)}
 
 
+# --- say-the-word ---------------------------------------------------------------------------
+
+# A format task for reinforcement fine-tuning: each prompt asks for one given word, alone; the
+# item's `answer` is that word. A pretrained base echoes the instruction ("Say the word: ...")
+# instead, so a grader of closeness to the word has room to reward the format.
+WORD_INSTRUCTIONS = (
+    "Say the word: {word}",
+    "Repeat after me: {word}",
+    "Reply with this word only: {word}",
+    "Echo this word back: {word}",
+    "Type the word: {word}",
+    "Write just this word: {word}",
+)
+WORDS = (
+    "apple", "river", "candle", "orange", "tiger", "garden", "mountain", "window", "pencil",
+    "bridge", "forest", "castle", "rabbit", "silver", "planet", "rocket", "island", "jacket",
+    "kettle", "lemon", "mirror", "needle", "ocean", "pillow", "button", "carpet", "dragon",
+    "engine", "falcon", "guitar", "hammer", "jungle", "ladder", "magnet", "napkin", "parrot",
+    "puzzle", "saddle", "tomato", "violin", "wallet", "yellow", "anchor", "basket", "cactus",
+    "desert", "feather", "glacier", "harbor", "iceberg", "lantern", "meadow", "nectar",
+    "orchard", "pepper", "quartz", "radish", "shadow", "thunder", "umbrella", "velvet",
+    "walnut", "zebra", "blanket", "cherry", "dolphin", "eagle", "fabric", "goblet", "helmet",
+    "insect", "jigsaw", "kitten", "lizard", "marble", "noodle", "otter", "peanut", "quilt",
+    "ribbon", "salmon", "tunnel", "valley", "whistle", "yogurt", "almond", "beetle", "cinder",
+    "donkey", "ember", "fossil", "ginger", "hazel", "ivory", "juniper", "kernel", "lobster",
+    "mango", "nutmeg", "oyster", "pebble", "raven", "spider", "turnip", "vapor", "willow",
+    "acorn", "banjo", "cobalt", "dune", "elbow", "fiddle", "granite", "hollow", "igloo",
+    "jasmine", "kayak", "lilac", "monsoon", "nomad", "onion",
+)  # fmt: skip
+WORD_EVAL_FRACTION = 0.2
+
+
+def say_the_word_prompts() -> list[PromptExample]:
+    """One prompt per word, the instructions taken in turn."""
+    return [
+        PromptExample(
+            prompt=(Message("user", (TextPart(instruction.format(word=word)),)),),
+            item={"answer": word},
+        )
+        for index, word in enumerate(WORDS)
+        for instruction in [WORD_INSTRUCTIONS[index % len(WORD_INSTRUCTIONS)]]
+    ]
+
+
+def write_say_the_word(out: Path) -> dict[str, int]:
+    split = split_examples(say_the_word_prompts(), WORD_EVAL_FRACTION, seed="say-the-word")
+    out.mkdir(parents=True, exist_ok=True)
+    for side, chosen in (("train", split.train), ("eval", split.eval)):
+        records = [openai_reinforcement_record(prompt, _no_images) for prompt in chosen]
+        _write_jsonl(out / f"{side}.jsonl", records)
+    return {"train": len(split.train), "eval": len(split.eval)}
+
+
 # --- writing ---------------------------------------------------------------------------------
 
 
@@ -336,6 +394,7 @@ SAMPLE_SETS: dict[str, Callable[[Path], dict[str, int]]] = {
     "shapes-vqa": write_shapes_vqa,
     "style-chat": write_style_chat,
     "style-preference": write_style_preference,
+    "say-the-word": write_say_the_word,
 }
 
 

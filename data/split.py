@@ -2,7 +2,8 @@
 
 Each example's side depends only on its own digest (and an optional seed), so appending rows
 never moves an existing example to the other side, and duplicates always land together: the
-eval set cannot contain a copy of a training example. SFT and preference examples split alike.
+eval set cannot contain a copy of a training example. SFT, preference and prompt examples split
+alike.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ tokenized by its own tokenizer, images expanded by its own processor.
 The rendered template already starts with `<bos>`, so it is tokenized with
 `add_special_tokens=False`: adding them again would double the `<bos>`.
 Over-long examples are dropped or refused, by policy; they are never truncated. A preference
-pair is as long as its prompt plus its longer reply.
+pair is as long as its prompt plus its longer reply; a reinforcement prompt, as its prompt (up
+to the opening of the model's turn) plus the tokens its completions may take.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Literal, NamedTuple, TypeVar
 from gemlora.bases import resolve_base
 from gemlora.data.example import IN_MEMORY, DatasetError, Example, Problem
 from gemlora.data.preference import PreferenceExample
+from gemlora.data.prompts import PromptExample
 
 OverlongPolicy = Literal["drop", "refuse"]
-E = TypeVar("E", Example, PreferenceExample)
+E = TypeVar("E", Example, PreferenceExample, PromptExample)
 L = TypeVar("L", int, tuple[int, int])  # a length: of an example, or of a pair's two sides
 
 
@@ -112,6 +114,18 @@ def measure_preference_tokens(
     ]
 
 
+def measure_prompt_tokens(
+    examples: Sequence[PromptExample], model: str | TokenCounter
+) -> list[int]:
+    """Each prompt's tokens rendered with the generation prompt: what the model reads before it
+    writes a completion."""
+    counter = _counter(model, examples)
+    return [
+        len(counter.encode(example.prompt_example(), add_generation_prompt=True))
+        for example in examples
+    ]
+
+
 def _counter(model: str | TokenCounter, examples: Sequence[E]) -> TokenCounter:
     """The counter for `model`, once it is known to take the examples' images."""
     counter = model if isinstance(model, TokenCounter) else load_token_counter(model)
@@ -155,6 +169,26 @@ def apply_preference_length_policy(
         for chosen, rejected in lengths
     ]
     return _apply(examples, lengths, longer, max_length, policy)
+
+
+def apply_prompt_length_policy(
+    examples: Sequence[PromptExample],
+    lengths: Sequence[int],
+    max_length: int,
+    policy: OverlongPolicy = "refuse",
+    completion_tokens: int = 0,
+) -> tuple[list[PromptExample], list[int], list[Problem]]:
+    """`apply_length_policy` for reinforcement prompts: a prompt is kept when its tokens
+    (`lengths` as `measure_prompt_tokens` gives them) plus `completion_tokens`, the room each
+    completion needs, are within `max_length`. A prompt that leaves too little room would have
+    its completions cut short and graded as if the model had stopped there."""
+    if completion_tokens < 0:
+        raise ValueError(f"completion_tokens must be 0 or more, got {completion_tokens}")
+    measured = [
+        (length + completion_tokens, f" ({length} prompt + {completion_tokens} for the completion)")
+        for length in lengths
+    ]
+    return _apply(examples, lengths, measured, max_length, policy)
 
 
 def _apply(

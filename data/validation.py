@@ -1,5 +1,6 @@
 """`validate_dataset`: read a dataset, measure it with a model, and sum it up;
-`validate_preferences`: the same for preference (DPO) datasets.
+`validate_preferences` and `validate_prompts`: the same for preference (DPO) datasets and for
+reinforcement prompts (RFT).
 
 This is what `gemlora data validate` prints and what training uses to get its examples:
 `report.examples` holds the examples that passed every check, the length policy included.
@@ -13,22 +14,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gemlora.data.example import DatasetError, Example, HasProblems, Problem
-from gemlora.data.formats import DatasetFormat, PreferenceFormat
+from gemlora.data.formats import DatasetFormat, PreferenceFormat, PromptFormat
 from gemlora.data.preference import PreferenceExample
+from gemlora.data.prompts import PromptExample
 from gemlora.data.reader import (
     PreferenceReadResult,
+    PromptReadResult,
     ReadOptions,
     ReadResult,
     read_dataset,
     read_preferences,
+    read_prompts,
 )
 from gemlora.data.tokens import (
     OverlongPolicy,
     TokenCounter,
     apply_length_policy,
     apply_preference_length_policy,
+    apply_prompt_length_policy,
     load_token_counter,
     measure_preference_tokens,
+    measure_prompt_tokens,
     measure_tokens,
 )
 
@@ -55,7 +61,7 @@ def _rank(ordered: list[int], quantile: float) -> int:
 
 
 class _Summary(HasProblems):
-    """What `gemlora data validate` prints of either kind of report."""
+    """What `gemlora data validate` prints of any kind of report."""
 
     examples: list
     max_length: int | None
@@ -101,6 +107,22 @@ class PreferenceReport(_Summary):
     def longest(self) -> list[int]:
         """Prompt + the longer reply, per pair: what the length policy compares."""
         return [max(pair) for pair in self.token_lengths or []]
+
+
+@dataclass
+class PromptReport(_Summary):
+    read: PromptReadResult
+    examples: list[PromptExample]  # the usable ones
+    problems: list[Problem]
+    model: str | None = None
+    # each of `examples`' prompt tokens with the generation prompt, when a model was given
+    token_lengths: list[int] | None = None
+    max_length: int | None = None
+    completion_tokens: int = 0  # room left for each completion within `max_length`
+
+    def longest(self) -> list[int]:
+        """The prompts' own lengths (the length policy adds `completion_tokens` to each)."""
+        return self.token_lengths or []
 
 
 def validate_dataset(
@@ -154,6 +176,37 @@ def validate_preferences(
     lengths = measure_preference_tokens(report.examples, counter)
     report.examples, report.token_lengths, problems = apply_preference_length_policy(
         report.examples, lengths, report.max_length, overlong
+    )
+    report.problems += problems
+    _raise_if_strict(options, problems, report.problems)
+    return report
+
+
+def validate_prompts(
+    path: str | Path,
+    format: PromptFormat | None = None,
+    *,
+    options: ReadOptions | None = None,
+    model: str | TokenCounter | None = None,
+    max_length: int | None = None,
+    overlong: OverlongPolicy = "refuse",
+    completion_tokens: int = 0,
+) -> PromptReport:
+    """`validate_dataset` for reinforcement prompt datasets: with a model, each prompt is
+    measured rendered with the generation prompt, and one whose tokens plus `completion_tokens`
+    (the room its completions need) are over `max_length` is refused or dropped."""
+    options = options or ReadOptions()
+    read = read_prompts(path, format, options=options)
+    report = PromptReport(read, list(read.examples), list(read.problems))
+    report.completion_tokens = completion_tokens
+    if model is None:
+        return report
+    counter = model if isinstance(model, TokenCounter) else load_token_counter(model)
+    report.model = counter.name
+    report.max_length = max_length or counter.max_length
+    lengths = measure_prompt_tokens(report.examples, counter)
+    report.examples, report.token_lengths, problems = apply_prompt_length_policy(
+        report.examples, lengths, report.max_length, overlong, completion_tokens
     )
     report.problems += problems
     _raise_if_strict(options, problems, report.problems)

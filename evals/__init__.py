@@ -31,7 +31,7 @@ from gemlora.evals.graders import (
     validate_graders,
     walk,
 )
-from gemlora.evals.grading import GradeErrors, GradeMetadata, GradeResult, grade
+from gemlora.evals.grading import GradeErrors, GradeMetadata, GradeResult, grade, grade_or_failure
 from gemlora.evals.judge import Judge
 from gemlora.evals.python_grader import PythonLimits
 from gemlora.evals.templates import render
@@ -53,6 +53,7 @@ __all__ = [
     "StringCheckGrader",
     "TextSimilarityGrader",
     "grade",
+    "grade_or_failure",
     "parse_grader",
     "render",
     "validate_grader",

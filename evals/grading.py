@@ -121,6 +121,26 @@ def grade(
     return GradeResult(reward=reward, sub_rewards=scores, metadata=metadata)
 
 
+def grade_or_failure(
+    grader: GraderModel,
+    sample: dict[str, Any],
+    item: dict[str, Any],
+    judge: Judge | None = None,
+    python_limits: PythonLimits | None = None,
+) -> GradeResult:
+    """`grade`, with a sample that cannot be scored answered as OpenAI answers it: reward 0 and
+    the error's flag (`GradeResult.failed`). What the graders endpoint returns and what an RL
+    run is rewarded with. An item lacking a field the grader reads still raises GraderError
+    (`invalid_variable_error`): the item is at fault, not the sample."""
+    started = time.monotonic()
+    try:
+        return grade(grader, sample, item, judge=judge, python_limits=python_limits)
+    except GraderError as error:
+        if error.flag == "invalid_variable_error":
+            raise
+        return GradeResult.failed(grader, error, time.monotonic() - started)
+
+
 def _score(
     grader: GraderModel,
     sample: dict[str, Any],

@@ -3,7 +3,8 @@
 Items from a file are its JSON objects, line by line. Items from a training run are its
 held-out examples, split exactly as the run split them (its resolved config: the eval file, or
 the train file's `eval_fraction` by content hash): the prompt is every message before the last
-assistant turn, images inline as data URLs, and `reference` is that turn's text.
+assistant turn, images inline as data URLs, and `reference` is that turn's text; a
+reinforcement run's prompts are items with their own fields.
 """
 
 from __future__ import annotations
@@ -14,7 +15,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from gemlora.data import Example, read_dataset, split_examples
+from gemlora.data import (
+    Example,
+    PromptExample,
+    is_prompt_file,
+    read_dataset,
+    read_prompts,
+    split_examples,
+)
 from gemlora.data.formats.openai import openai_record
 from gemlora.data.images import data_url
 from gemlora.evals.errors import GraderError
@@ -105,17 +113,23 @@ def _held_out_items(run_dir: Path) -> list[dict[str, Any]]:
     if state is None or not isinstance((state.config or {}).get("data"), dict):
         raise ItemsError(f"{run_dir} is not a training run's directory (no run.json config)")
     data = RunData.model_validate(state.config["data"])
+    read = read_prompts if is_prompt_file(data.train_file) else read_dataset
     if data.eval_file is not None:
-        examples = read_dataset(data.eval_file).examples
+        examples = read(data.eval_file).examples
     else:
-        examples = split_examples(read_dataset(data.train_file).examples, data.eval_fraction).eval
+        examples = split_examples(read(data.train_file).examples, data.eval_fraction).eval
     return held_out_items(examples)
 
 
-def held_out_items(examples: list[Example]) -> list[dict[str, Any]]:
-    """Items from held-out chat examples: the prompt before the last assistant turn (images
-    inline) as `messages`, that turn's text as `reference`."""
-    return [item_of(example) for example in examples if _last_assistant(example) is not None]
+def held_out_items(examples: list[Example] | list[PromptExample]) -> list[dict[str, Any]]:
+    """Items from held-out examples. A chat example: the prompt before the last assistant turn
+    (images inline) as `messages`, that turn's text as `reference`. A prompt (reinforcement
+    data): its messages, and its item fields as they are."""
+    return [
+        prompt_item(example) if isinstance(example, PromptExample) else item_of(example)
+        for example in examples
+        if isinstance(example, PromptExample) or _last_assistant(example) is not None
+    ]
 
 
 def item_of(example: Example) -> dict[str, Any]:
@@ -123,6 +137,12 @@ def item_of(example: Example) -> dict[str, Any]:
     prompt = Example(example.messages[:last], example.images)
     messages = openai_record(prompt, lambda index: data_url(example.images[index]))["messages"]
     return {"messages": messages, "reference": example.messages[last].text}
+
+
+def prompt_item(prompt: PromptExample) -> dict[str, Any]:
+    example = prompt.prompt_example()
+    messages = openai_record(example, lambda index: data_url(example.images[index]))["messages"]
+    return {**prompt.item, "messages": messages}
 
 
 def _last_assistant(example: Example) -> int | None:

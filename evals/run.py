@@ -135,7 +135,7 @@ def grade_model(
 ) -> ModelResult:
     """Each answer through each grader (threads: judges and python graders wait on others)."""
     graders = spec.grader_models()
-    judge = endpoint_judge(spec)
+    judge = endpoint_judge(spec.judge_endpoint or spec.endpoint)
     scores = {grader.name: [None] * len(items) for grader in graders}
     errors: dict[str, list[str]] = {}
 
@@ -156,12 +156,12 @@ def grade_model(
     return ModelResult(model=model, answers=answers, scores=scores, grading_errors=errors)
 
 
-def endpoint_judge(spec: EvalSpec):
-    """score_model/label_model judges: models the judge endpoint serves (by default the
-    models' own endpoint, with the same key)."""
+def endpoint_judge(endpoint: Endpoint):
+    """score_model/label_model judges: models `endpoint` serves (an eval's judge endpoint, by
+    default its models' own, with the same key)."""
     from openai import OpenAI
 
-    client = OpenAI(**client_kwargs(spec.judge_endpoint or spec.endpoint))
+    client = OpenAI(**client_kwargs(endpoint))
 
     def judge(model: str, messages: list[dict], sampling: dict) -> str:
         try:

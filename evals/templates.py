@@ -67,3 +67,22 @@ def _lookup(path: str, scope: dict[str, Any], template: str) -> Any:
 
 def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def item_paths(value: Any) -> set[str]:
+    """The `item.*` paths a grader's templates read (`value`: the grader as JSON; a python
+    grader's `source` is code, not a template, and is skipped)."""
+    if isinstance(value, str):
+        paths = (m.group(1).strip() for m in _PLACEHOLDER.finditer(value))
+        return {path for path in paths if path.startswith("item.")}
+    if isinstance(value, dict):
+        return set().union(*(item_paths(v) for k, v in value.items() if k != "source"))
+    if isinstance(value, list):
+        return set().union(*(item_paths(v) for v in value))
+    return set()
+
+
+def check_item(paths: set[str], item: dict[str, Any]) -> None:
+    """Raises GraderError (`invalid_variable_error`) naming the first path `item` lacks."""
+    for path in sorted(paths):
+        _lookup(path, {"item": item}, "{{" + path + "}}")

@@ -21,7 +21,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(models_app, name="models", help="Build and list the local Gemma 3 bases.")
-app.add_typer(data_app, name="data", help="Validate and preview chat and preference datasets.")
+app.add_typer(
+    data_app,
+    name="data",
+    help="Validate and preview chat, preference and reinforcement prompt datasets.",
+)
 app.add_typer(adapters_app, name="adapters", help="Register, alias and resolve LoRA adapters.")
 app.command("train")(train_command)
 app.command("ui")(ui_command)

@@ -66,6 +66,10 @@ class TrainBegin(ProgressEvent):
         return Description("info", f"Training from step {self.step} to step {self.max_steps}")
 
 
+# A reinforcement run's per-step metrics under these names go into a job's `metrics` events.
+REWARD_PREFIXES = ("rewards/", "completions/", "time/")
+
+
 class _StepMetrics(ProgressEvent):
     """The Trainer's logs at a step: loss, learning rate, token accuracy, tokens/s, and a DPO
     run's `rewards/*` and `logps/*` (`eval_`-prefixed on held-out data), as in MLflow."""
@@ -83,6 +87,21 @@ class _StepMetrics(ProgressEvent):
         for name in ("learning_rate", "tokens_per_second", "num_tokens", "epoch"):
             if name in self.metrics:
                 data[name] = self.metrics[name]
+        return data | self._reward_metrics(prefix, source)
+
+    def _reward_metrics(self, prefix: str, source: str) -> dict[str, float]:
+        """A reinforcement run's: `train_reward_mean` (OpenAI's name), the reward's std, each
+        grader's `rewards/...` parts, the KL, the completion length, the time split."""
+        names = {"reward": "reward_mean", "reward_std": "reward_std", "kl": "kl"}
+        data = {
+            f"{prefix}_{ours}": self.metrics[f"{source}{theirs}"]
+            for theirs, ours in names.items()
+            if f"{source}{theirs}" in self.metrics
+        }
+        for key, value in self.metrics.items():
+            name = key.removeprefix(source)
+            if key.startswith(source) and name.startswith(REWARD_PREFIXES):
+                data[f"{prefix}_{name}"] = value
         return data
 
 
@@ -97,6 +116,8 @@ class Log(_StepMetrics):
         if self.loss is None:  # the Trainer's closing summary (train_runtime, ...)
             return None
         message = f"Step {self.step}/{self.max_steps}: training loss={self.loss:.4f}"
+        if "reward" in self.metrics:
+            message += f", reward={self.metrics['reward']:.4f}"
         return Description("info", message, self._openai_metrics("train", ""))
 
 
@@ -111,6 +132,8 @@ class Eval(_StepMetrics):
         if self.loss is None:
             return None
         message = f"Step {self.step}/{self.max_steps}: validation loss={self.loss:.4f}"
+        if "eval_reward" in self.metrics:
+            message += f", reward={self.metrics['eval_reward']:.4f}"
         return Description("info", message, self._openai_metrics("valid", "eval_"))
 
 
@@ -193,6 +216,27 @@ class MarginEval(ProgressEvent):
             "info",
             f"Log-probability margin on {self.pairs} held-out pairs: adapter "
             f"{self.logp_margin:.3f}, base {self.base_logp_margin:.3f} nats",
+        )
+
+
+class RewardEval(ProgressEvent):
+    """Reinforcement: greedy answers of base and adapter to held-out prompts, graded by the
+    run's grader; the difference's paired bootstrap interval (95%)."""
+
+    event: Literal["reward_eval"] = "reward_eval"
+    step: int
+    prompts: int
+    reward: float
+    base_reward: float
+    reward_difference_low: float
+    reward_difference_high: float
+
+    def describe(self) -> Description:
+        return Description(
+            "info",
+            f"Reward on {self.prompts} held-out prompts: adapter {self.reward:.3f}, base "
+            f"{self.base_reward:.3f} (difference in [{self.reward_difference_low:+.3f}, "
+            f"{self.reward_difference_high:+.3f}])",
         )
 
 
@@ -384,6 +428,7 @@ AnyEvent = Annotated[
     | TrainEnd
     | BestCheckpoint
     | MarginEval
+    | RewardEval
     | GenerationEval
     | RegistryUnavailable
     | Registered

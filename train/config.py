@@ -3,11 +3,11 @@
     config = load_config("configs/train/style-270m.yaml", ["training.lr=1e-4"])
 
 Sections: `base` (model, quantization, dtype, the adapter to start from), `lora`, `data`,
-`training`, `dpo` (with `method: dpo`), `eval`, `output`. `method` picks supervised fine-tuning
-(chat data) or DPO (preference pairs). Unknown fields and wrong types are errors that name the
-field (`training.lr: ...`). Relative
-paths in a YAML file are relative to that file; paths given with `--set` are relative to the
-current directory.
+`training`, `dpo` (with `method: dpo`), `reinforcement` (with `method: reinforcement`), `eval`,
+`output`. `method` picks supervised fine-tuning (chat data), DPO (preference pairs) or
+reinforcement fine-tuning against a grader (GRPO, prompt-only data). Unknown fields and wrong
+types are errors that name the field (`training.lr: ...`). Relative paths in a YAML file are
+relative to that file; paths given with `--set` are relative to the current directory.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ from gemlora.adapters.verification_record import DEFAULT_TOLERANCE, PromotionRul
 from gemlora.bases import load_catalogue
 from gemlora.config import ConfigError as ConfigError  # re-exported: train.ConfigError
 from gemlora.config import apply_override, read_yaml_mapping, validate
+from gemlora.evals.spec import Endpoint
 
 Quantization = Literal["none", "bnb-nf4", "bnb-int8", "dequantized"]
-Method = Literal["supervised", "dpo"]
+Method = Literal["supervised", "dpo", "reinforcement"]
 # TRL 1.16 `DPOConfig.loss_type` values (trl/trainer/dpo_trainer.py `_compute_loss`).
 DpoLoss = Literal[
     "sigmoid",
@@ -57,6 +58,15 @@ DpoLoss = Literal[
 F_DIVERGENCE_LOSSES = ("sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop")
 CHAT_FORMATS = ("openai", "hf", "sharegpt")
 PREFERENCE_FORMATS = ("openai-preference", "trl-preference")
+PROMPT_FORMATS = ("openai-reinforcement",)
+# The data each method trains on, and its formats.
+METHOD_DATA = {
+    "supervised": ("chat", CHAT_FORMATS),
+    "dpo": ("preference", PREFERENCE_FORMATS),
+    "reinforcement": ("prompt-only", PROMPT_FORMATS),
+}
+# TRL 1.16 `GRPOConfig.loss_type` values that need no other setting.
+GrpoLoss = Literal["grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo"]
 
 LANGUAGE_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 VISION_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
@@ -167,7 +177,9 @@ class DataSection(Section):
         description="Required. Training data. `method: supervised`: OpenAI chat JSONL, a Hugging "
         "Face dataset (directory, parquet or jsonl) or ShareGPT/LLaVA JSON. `method: dpo`: "
         "preference pairs, OpenAI preference JSONL or TRL conversational preference rows "
-        "(prompt/chosen/rejected, optional images; JSONL, parquet or a saved dataset)."
+        "(prompt/chosen/rejected, optional images; JSONL, parquet or a saved dataset). "
+        "`method: reinforcement`: prompts, OpenAI reinforcement JSONL (messages ending with a "
+        "user turn, plus the item fields the grader reads)."
     )
     eval_file: Path | None = Field(
         default=None, description="Held-out data; None: split `eval_fraction` off the train file."
@@ -179,18 +191,27 @@ class DataSection(Section):
         description="Share of the train file held out (by content hash) when there is no "
         "eval file; 0: no evaluation.",
     )
-    format: Literal["openai", "hf", "sharegpt", "openai-preference", "trl-preference"] | None = (
-        Field(
-            default=None,
-            description="Dataset format; None: detected. `openai`, `hf`, `sharegpt` for supervised "
-            "runs; `openai-preference`, `trl-preference` for DPO.",
-        )
+    format: (
+        Literal[
+            "openai",
+            "hf",
+            "sharegpt",
+            "openai-preference",
+            "trl-preference",
+            "openai-reinforcement",
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="Dataset format; None: detected. `openai`, `hf`, `sharegpt` for supervised "
+        "runs; `openai-preference`, `trl-preference` for DPO; `openai-reinforcement` for "
+        "reinforcement.",
     )
     max_length: int | None = Field(
         default=None,
         ge=16,
-        description="Token limit per example (DPO: per prompt + reply, both replies); None: the "
-        "base's context.",
+        description="Token limit per example (DPO: per prompt + reply, both replies; "
+        "reinforcement: prompt + `reinforcement.max_completion_tokens`); None: the base's context.",
     )
     overlong: Literal["refuse", "drop"] = Field(
         default="refuse",
@@ -203,13 +224,19 @@ class DataSection(Section):
 
 
 class TrainingSection(Section):
-    """The optimisation (TRL `SFTConfig`, or `DPOConfig` with `method: dpo`)."""
+    """The optimisation (TRL `SFTConfig`; `DPOConfig` with `method: dpo`; `GRPOConfig` with
+    `method: reinforcement`)."""
 
     max_steps: int | None = Field(
         default=None, ge=1, description="Optimizer steps; None: train for `epochs`."
     )
     epochs: float = Field(default=1.0, gt=0, description="Passes over the train set.")
-    batch_size: int = Field(default=4, ge=1, description="Examples per device per micro-batch.")
+    batch_size: int = Field(
+        default=4,
+        ge=1,
+        description="Examples per device per micro-batch (reinforcement: prompts, each answered "
+        "`reinforcement.generations` times).",
+    )
     gradient_accumulation: int = Field(
         default=1, ge=1, description="Micro-batches per optimizer step."
     )
@@ -341,6 +368,109 @@ class DpoSection(Section):
         return [self.loss_type, "sft"], [1.0, self.rpo_alpha]
 
 
+class ReinforcementSection(Section):
+    """Reinforcement fine-tuning against a grader (TRL `GRPOConfig`), read with `method:
+    reinforcement`: each prompt is answered `generations` times by the policy, the grader
+    scores every answer, and the policy moves towards the answers that beat their group's mean.
+    The KL reference is the policy with its adapter switched off: never a second model copy."""
+
+    grader: dict[str, Any] | None = Field(
+        default=None,
+        description="Required. The reward: a grader in OpenAI's format (string_check, "
+        "text_similarity, python, score_model, label_model, multi), reading `{{sample."
+        "output_text}}` and the prompt's item fields (`{{item.answer}}`).",
+    )
+    generations: int = Field(
+        default=4,
+        ge=2,
+        description="Answers sampled per prompt (num_generations): the group whose mean each "
+        "reward is compared with.",
+    )
+    max_completion_tokens: int = Field(
+        default=64, ge=1, description="Tokens per sampled answer at most (max_completion_length)."
+    )
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="Nucleus sampling.")
+    top_k: int | None = Field(default=None, ge=1, description="Top-k sampling; None: off.")
+    beta: float = Field(
+        default=0.0,
+        ge=0,
+        description="KL weight towards the reference (the base: the adapter switched off); 0: no "
+        "KL term and no reference pass (TRL's default).",
+    )
+    loss_type: GrpoLoss = Field(
+        default="dapo",
+        description="How token losses are aggregated (loss_type): `dapo` (TRL's default), "
+        "`grpo`, `dr_grpo`, `bnpo`, `cispo`, `sapo`.",
+    )
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        default="group",
+        description="Advantages divided by the reward's std within the group, the batch, or not "
+        "at all (Dr. GRPO).",
+    )
+    epsilon: float = Field(default=0.2, gt=0, description="The policy ratio's clipping range.")
+    mask_truncated_completions: bool = Field(
+        default=False,
+        description="Leave answers cut at `max_completion_tokens` out of the loss.",
+    )
+    eval_generations: int = Field(
+        default=1,
+        ge=1,
+        description="Answers sampled per held-out prompt when the reward is evaluated every "
+        "`training.eval_steps` (the jobs API's eval_samples).",
+    )
+    eval_prompts: int = Field(
+        default=32,
+        ge=0,
+        description="Held-out prompts the base and the adapter answer greedily after training, "
+        "graded by `grader` (scores `reward` and `base_reward`); 0: skip.",
+    )
+    judge: Endpoint | None = Field(
+        default=None,
+        description="Where a score_model or label_model grader's judge model answers (an "
+        "OpenAI-compatible /v1 URL, e.g. gemlora's gateway); required for those graders.",
+    )
+    generation: Literal["transformers", "vllm-colocate"] = Field(
+        default="transformers",
+        description="How the answers are sampled: `transformers` generate with the adapter on "
+        "(CPU or GPU), or `vllm-colocate` (GPU only): a vLLM engine inside the training "
+        "process, the LoRA merged into its weights after every step (TRL's colocate mode); "
+        "needs base.quantization none.",
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        default=0.3,
+        gt=0,
+        lt=1,
+        description="`vllm-colocate`: the share of the GPU's memory the colocated engine takes.",
+    )
+
+    @field_validator("grader")
+    @classmethod
+    def _valid_grader(cls, grader: dict[str, Any] | None) -> dict[str, Any] | None:
+        from gemlora.evals import validate_grader
+
+        if grader is not None:
+            validate_grader(grader)
+        return grader
+
+    @model_validator(mode="after")
+    def _judge_for_model_graders(self) -> ReinforcementSection:
+        if self.grader is not None and self.judge is None and uses_a_judge(self.grader):
+            _field_error(
+                ("judge",),
+                "the grader asks a judge model (score_model or label_model): set the endpoint "
+                "that serves it, e.g. {url: http://127.0.0.1:8000/v1}",
+            )
+        return self
+
+
+def uses_a_judge(grader: dict[str, Any]) -> bool:
+    from gemlora.evals import LabelModelGrader, ScoreModelGrader, validate_grader, walk
+
+    judged = (ScoreModelGrader, LabelModelGrader)
+    return any(isinstance(node, judged) for _, node in walk(validate_grader(grader)))
+
+
 class EvalSection(Section):
     """The generation eval after training: base and adapter answer held-out prompts (a DPO
     pair's prompt, its chosen reply the reference)."""
@@ -405,13 +535,17 @@ class PromoteIf(Section):
         "eval_rewards_accuracy",
         "eval_rewards_margin",
         "logp_margin",
+        "reward",
+        "base_reward",
     ] = Field(
         default="contains",
         description="An eval score: the adapter's `exact` or `contains` match rate, the base's "
         "(`base_exact`, `base_contains`), or `eval_loss` (with higher_is_better false). DPO "
         "runs also have `eval_rewards_accuracy` (share of held-out pairs whose chosen reply "
         "gets the higher reward), `eval_rewards_margin` (mean chosen minus rejected reward) and "
-        "`logp_margin` (the adapter's mean log-probability margin of the chosen reply).",
+        "`logp_margin` (the adapter's mean log-probability margin of the chosen reply). "
+        "Reinforcement runs have `reward` (the adapter's mean reward on held-out prompts, "
+        "greedy) and `base_reward`.",
     )
     to: str = Field(default="champion", description="The alias to move.")
     higher_is_better: bool = Field(default=True, description="False for losses.")
@@ -552,6 +686,7 @@ class OutputSection(Section):
 
 
 DPO_METRICS = ("eval_rewards_accuracy", "eval_rewards_margin", "logp_margin")
+REINFORCEMENT_METRICS = ("reward", "base_reward")
 
 
 class TrainConfig(Section):
@@ -560,7 +695,9 @@ class TrainConfig(Section):
     method: Method = Field(
         default="supervised",
         description="`supervised`: fine-tune on chat examples (TRL SFTTrainer). `dpo`: direct "
-        "preference optimisation on preference pairs (TRL DPOTrainer, the `dpo` section).",
+        "preference optimisation on preference pairs (TRL DPOTrainer, the `dpo` section). "
+        "`reinforcement`: GRPO against a grader on prompts (TRL GRPOTrainer, the "
+        "`reinforcement` section).",
     )
     base: BaseSection = Field(default_factory=BaseSection, description="The base model.")
     lora: LoraSection = Field(default_factory=LoraSection, description="The adapter.")
@@ -571,30 +708,60 @@ class TrainConfig(Section):
     dpo: DpoSection = Field(
         default_factory=DpoSection, description="The preference loss, with `method: dpo`."
     )
+    reinforcement: ReinforcementSection = Field(
+        default_factory=ReinforcementSection,
+        description="The grader and sampling, with `method: reinforcement`.",
+    )
     eval: EvalSection = Field(default_factory=EvalSection, description="The generation eval.")
     output: OutputSection = Field(description="Required. Tracking and registration.")
 
     @model_validator(mode="after")
     def _method_settings(self) -> TrainConfig:
-        """Settings of the other method are refused rather than ignored."""
-        preference = self.method == "dpo"
-        if self.data.format is not None and (self.data.format in PREFERENCE_FORMATS) != preference:
-            kind = "preference" if preference else "chat"
-            formats = PREFERENCE_FORMATS if preference else CHAT_FORMATS
+        """Settings of another method are refused rather than ignored."""
+        kind, formats = METHOD_DATA[self.method]
+        if self.data.format is not None and self.data.format not in formats:
             _field_error(
                 ("data", "format"),
                 f"method {self.method!r} trains on {kind} data: use one of "
                 f"{', '.join(formats)}, or set `method` to match the data",
             )
-        if not preference and self.dpo != DpoSection():
-            _field_error(("dpo",), "read only with `method: dpo`; this run is supervised")
-        if preference and self.training.group_by_length:
+        if self.method != "dpo" and self.dpo != DpoSection():
+            _field_error(("dpo",), f"read only with `method: dpo`; this run is {self.method}")
+        if self.method != "reinforcement" and self.reinforcement != ReinforcementSection():
+            _field_error(
+                ("reinforcement",),
+                f"read only with `method: reinforcement`; this run is {self.method}",
+            )
+        if self.method != "supervised" and self.training.group_by_length:
             _field_error(("training", "group_by_length"), "supervised runs only")
         rule = self.output.promote_if
-        if rule is not None and rule.metric in DPO_METRICS and not preference:
+        for metrics, method in ((DPO_METRICS, "dpo"), (REINFORCEMENT_METRICS, "reinforcement")):
+            if rule is not None and rule.metric in metrics and self.method != method:
+                _field_error(
+                    ("output", "promote_if", "metric"),
+                    f"{rule.metric!r} is measured by {method} runs only (method: {method})",
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _reinforcement_has_a_grader(self) -> TrainConfig:
+        """The grader is the reward; with no `eval.graders` it is also what the gate grades."""
+        if self.method != "reinforcement":
+            return self
+        grader = self.reinforcement.grader
+        if grader is None:
             _field_error(
-                ("output", "promote_if", "metric"),
-                f"{rule.metric!r} is measured by DPO runs only (method: dpo)",
+                ("reinforcement", "grader"),
+                "required with method: reinforcement: the grader whose score is the reward",
+            )
+        if not self.eval.graders:
+            self.eval.graders = [grader]
+        if self.reinforcement.generation == "vllm-colocate" and self.base.quantization != "none":
+            _field_error(
+                ("reinforcement", "generation"),
+                "vllm-colocate loads the base in vLLM and merges the LoRA into its weights: "
+                "it needs base.quantization none (a bf16 base), not "
+                f"{self.base.quantization!r}",
             )
         return self
 
@@ -644,7 +811,9 @@ class TrainConfig(Section):
                 "needs held-out data: set data.eval_file or data.eval_fraction",
             )
         if self.method == "dpo":
-            _field_error(("output", "promote_if", "gate"), "supervised runs only, for now")
+            _field_error(
+                ("output", "promote_if", "gate"), "supervised and reinforcement runs only, for now"
+            )
         return self
 
     @model_validator(mode="after")

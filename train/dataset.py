@@ -1,6 +1,6 @@
 """The run's data: the train and eval examples (chat examples for a supervised run, preference
-pairs for DPO), validated by `data/` with the base's own processor, and their description for
-MLflow."""
+pairs for DPO, prompts with their item fields for reinforcement), validated by `data/` with the
+base's own processor, and their description for MLflow."""
 
 from __future__ import annotations
 
@@ -18,17 +18,21 @@ from gemlora.data import (
     PreferenceExample,
     PreferenceReport,
     Problem,
+    PromptExample,
+    PromptReport,
     ReadOptions,
     Source,
     TextPart,
     dataset_digest,
     is_preference_file,
+    is_prompt_file,
     read_dataset,
     split_examples,
     validate_dataset,
     validate_preferences,
+    validate_prompts,
 )
-from gemlora.train.config import ConfigError, DataSection, Method
+from gemlora.train.config import METHOD_DATA, ConfigError, DataSection, Method
 
 # MLflow stores a dataset digest in 36 characters; the full sha256 goes into the adapter's
 # metadata and the run's tags.
@@ -39,11 +43,12 @@ LENGTH_COLUMN = "length"
 
 @dataclass
 class TrainingData:
-    # `Example`s for a supervised run, `PreferenceExample`s for DPO
-    train: list[Example] | list[PreferenceExample]
-    eval: list[Example] | list[PreferenceExample]
+    # `Example`s for a supervised run, `PreferenceExample`s for DPO, `PromptExample`s for
+    # reinforcement
+    train: list[Example] | list[PreferenceExample] | list[PromptExample]
+    eval: list[Example] | list[PreferenceExample] | list[PromptExample]
     # "train", and "eval" when read from its own file
-    reports: dict[str, DatasetReport] | dict[str, PreferenceReport]
+    reports: dict[str, DatasetReport] | dict[str, PreferenceReport] | dict[str, PromptReport]
 
     @property
     def train_lengths(self) -> list[int]:
@@ -68,13 +73,13 @@ class TrainingData:
 
 
 def load_training_data(
-    settings: DataSection, base: str, method: Method = "supervised"
+    settings: DataSection, base: str, method: Method = "supervised", completion_tokens: int = 0
 ) -> TrainingData:
-    """Read and validate the data for `base`: chat examples, or preference pairs for `dpo`.
-    Raises `DatasetError` listing every error with its file and line (warnings, e.g. dropped
-    over-long examples, are kept in the reports), and `ConfigError` naming the field when a
-    file holds the other method's kind of data."""
-    validate = validate_preferences if method == "dpo" else validate_dataset
+    """Read and validate the data for `base`: chat examples, preference pairs for `dpo`, prompts
+    for `reinforcement` (each with room for `completion_tokens` more). Raises `DatasetError`
+    listing every error with its file and line (warnings, e.g. dropped over-long examples, are
+    kept in the reports), and `ConfigError` naming the field when a file holds another method's
+    kind of data."""
     options = ReadOptions(
         max_images=settings.max_images,
         image_limits=ImageLimits(
@@ -82,15 +87,18 @@ def load_training_data(
         ),
     )
 
-    def validated(path: Path) -> DatasetReport | PreferenceReport:
-        report = validate(
-            path,
-            settings.format,
-            options=options,
-            model=base,
-            max_length=settings.max_length,
-            overlong=settings.overlong,
+    def validated(path: Path) -> DatasetReport | PreferenceReport | PromptReport:
+        common = dict(
+            options=options, model=base, max_length=settings.max_length, overlong=settings.overlong
         )
+        if method == "reinforcement":
+            report = validate_prompts(
+                path, settings.format, completion_tokens=completion_tokens, **common
+            )
+        elif method == "dpo":
+            report = validate_preferences(path, settings.format, **common)
+        else:
+            report = validate_dataset(path, settings.format, **common)
         if report.errors:
             raise DatasetError(report.errors[0], report.errors)
         if not report.examples:
@@ -114,29 +122,42 @@ def load_training_data(
     return TrainingData(train, held_out, reports)
 
 
+# What each kind of data is called in an error, and the method that trains on it.
+KIND_NAMES = {
+    "chat": "a chat dataset",
+    "preference": "a preference dataset",
+    "prompt-only": "a prompt-only dataset",
+}
+KIND_WORDS = {"chat": "chat examples", "preference": "preference pairs", "prompt-only": "prompts"}
+KIND_METHOD = {kind: method for method, (kind, _) in METHOD_DATA.items()}
+
+
 def _check_kind(path: Path, field: str, method: Method) -> None:
-    """A preference file for a supervised run, or a chat file for DPO, is a config mistake."""
-    if method == "supervised":
-        if is_preference_file(path):
-            _wrong_kind(path, field, "a preference dataset", "supervised", "dpo")
-        return
-    if is_preference_file(path):
-        return
-    try:
-        read_dataset(path, limit=1)  # a chat dataset reads as one; anything else is reported
-    except DatasetError:  # by the preference reader, with its own reasons
-        return
-    _wrong_kind(path, field, "a chat dataset", "dpo", "supervised")
-
-
-def _wrong_kind(path: Path, field: str, kind: str, method: str, other: str) -> None:
+    """A file of another method's kind of data (preference pairs for a supervised run, chats for
+    DPO, ...) is a config mistake, named as one."""
+    found, needed = data_kind(path), METHOD_DATA[method][0]
+    if found is None or found == needed:
+        return  # unreadable or unknown: the reader of `needed` reports why
     raise ConfigError(
         [
-            f"data.{field}: {path} is {kind}, which method {method!r} does not train: give "
-            f"{'chat examples' if method == 'supervised' else 'preference pairs'}, or set "
-            f"`method: {other}`"
+            f"data.{field}: {path} is {KIND_NAMES[found]}, which method {method!r} does not "
+            f"train: give {KIND_WORDS[needed]}, or set `method: {KIND_METHOD[found]}`"
         ]
     )
+
+
+def data_kind(path: Path) -> str | None:
+    """`chat`, `preference` or `prompt-only`, by the first records that tell; None when none
+    does."""
+    if is_preference_file(path):
+        return "preference"
+    if is_prompt_file(path):
+        return "prompt-only"
+    try:
+        read_dataset(path, limit=1)
+    except DatasetError:
+        return None
+    return "chat"
 
 
 def reply_examples(examples: list[Example] | list[PreferenceExample]) -> list[Example]:

@@ -72,10 +72,10 @@ def generation_eval(
     model.eval()
     with torch.no_grad():
         for done, row in enumerate(rows, start=1):
-            prompt = _prompt(processor, row).to(model.device)
+            prompt = prompt_inputs(processor, row, upto=len(row["messages"]) - 1).to(model.device)
             with model.disable_adapter():
-                base = _generate(model, processor, prompt, max_new_tokens)
-            adapter = _generate(model, processor, prompt, max_new_tokens)
+                base = generate_greedy(model, processor, prompt, max_new_tokens)
+            adapter = generate_greedy(model, processor, prompt, max_new_tokens)
             *context, reference = row["messages"]
             last_user = next(m for m in reversed(context) if m["role"] == "user")
             result.generations.append(
@@ -85,10 +85,10 @@ def generation_eval(
     return result
 
 
-def _prompt(processor, row: dict):
-    """The conversation up to its last assistant turn, ready for the model to answer."""
+def prompt_inputs(processor, row: dict, upto: int | None = None):
+    """The row's conversation (its first `upto` turns), ready for the model to answer."""
     return processor.apply_chat_template(
-        chat_messages(row, upto=len(row["messages"]) - 1),
+        chat_messages(row, upto=upto),
         add_generation_prompt=True,
         tokenize=True,
         return_dict=True,
@@ -96,7 +96,7 @@ def _prompt(processor, row: dict):
     )
 
 
-def _generate(model, processor, prompt, max_new_tokens: int) -> str:
+def generate_greedy(model, processor, prompt, max_new_tokens: int) -> str:
     tokenizer = getattr(processor, "tokenizer", processor)
     output = model.generate(
         **prompt,

@@ -1,6 +1,7 @@
-"""Training methods: where supervised, DPO (and the next) runs part.
+"""Training methods: where supervised, DPO and reinforcement runs part.
 
-A method is a `TrainingMethod` in a module of its own (`gemlora.train.sft`, `gemlora.train.dpo`),
+A method is a `TrainingMethod` in a module of its own (`gemlora.train.sft`, `gemlora.train.dpo`,
+`gemlora.train.grpo`),
 registered under its config name (`method:` in the training config) by an entry point of the
 `gemlora.train_methods` group in pyproject.toml:
 
@@ -35,6 +36,9 @@ class TrainingMethod(ABC):
     """How one method trains and what its held-out data is scored by."""
 
     name: ClassVar[str]  # its `method:` value
+    # Whether the generation eval (base and adapter answers scored against the held-out
+    # references) applies: not to prompts without a reference answer.
+    generation_eval: ClassVar[bool] = True
 
     @abstractmethod
     def build_trainer(

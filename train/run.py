@@ -2,13 +2,13 @@
 
     config -> data (validated with the base's processor) -> MLflow run
       -> base (quantized as configured) + LoRA (new, or `base.init_adapter`)
-      -> the method's trainer (supervised: TRL SFTTrainer; dpo: TRL DPOTrainer),
-         checkpoints every N steps
-      -> held-out scores (eval loss; DPO: rewards, log-prob margins), generation eval
-         (base vs adapter) -> adapter registered in the MLflow registry
+      -> the method's trainer (supervised: TRL SFTTrainer; dpo: TRL DPOTrainer;
+         reinforcement: TRL GRPOTrainer against a grader), checkpoints every N steps
+      -> held-out scores (eval loss; DPO: rewards, log-prob margins; reinforcement: graded
+         rewards), generation eval (base vs adapter) -> adapter registered in the MLflow registry
 
-The training method (`gemlora.train.methods`) is the one place where supervised and DPO runs
-part.
+The training method (`gemlora.train.methods`) is the one place where supervised, DPO and
+reinforcement runs part.
 
 Everything a run writes goes to its run directory:
 
@@ -154,7 +154,9 @@ def _run(
     spec = resolve_base(config.base.model)
     tracking_uri = config.output.resolved_tracking_uri()
     check_reachable(tracking_uri)
-    data = load_training_data(config.data, config.base.model, config.method)
+    data = load_training_data(
+        config.data, config.base.model, config.method, config.reinforcement.max_completion_tokens
+    )
     _check_promotion_possible(config, data)
     init = _init_adapter(config, run_dir, spec, tracking_uri)
 
@@ -222,7 +224,9 @@ def _follow(config: TrainConfig, resume: bool) -> None:
     its part in the eval loss. The main process writes everything else."""
     run_dir = resume_dir(config) if resume else _shared_run_dir(config)
     spec = resolve_base(config.base.model)
-    data = load_training_data(config.data, config.base.model, config.method)
+    data = load_training_data(
+        config.data, config.base.model, config.method, config.reinforcement.max_completion_tokens
+    )
     init = _init_adapter(config, run_dir, spec, config.output.resolved_tracking_uri())
     method = training_method(config.method)
     trainer = method.build_trainer(config, _load(config, spec), data, run_dir, None, init)
@@ -522,7 +526,7 @@ def _evaluate(
     if not data.eval:
         return scores
     scores |= method.held_out_scores(config, trainer, loaded, data, progress)
-    count = min(len(data.eval), config.eval.generation_examples)
+    count = min(len(data.eval), config.eval.generation_examples) if method.generation_eval else 0
     if not count:
         return scores
     rows = list(to_hf_dataset(reply_examples(data.eval[:count]), loaded.multimodal))
@@ -558,6 +562,8 @@ def _check_promotion_possible(config: TrainConfig, data: TrainingData) -> None:
         setting, count = "eval.generation_examples", config.eval.generation_examples
     elif rule.metric == "logp_margin":
         setting, count = "eval.margin_pairs", config.eval.margin_pairs
+    elif rule.metric in ("reward", "base_reward"):
+        setting, count = "reinforcement.eval_prompts", config.reinforcement.eval_prompts
     else:
         setting, count = None, 1
     if not data.eval or not count:

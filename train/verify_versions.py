@@ -78,15 +78,15 @@ def _verify(verifier, registry, name: str, version: int, progress: ProgressLog) 
 
 
 def held_out_image_prompts(examples, count: int) -> list:
-    """Up to `count` image prompts from held-out examples (SFT or preference): each one's first
-    user turn with an image, as its text and first image."""
+    """Up to `count` image prompts from held-out examples (chat, preference or prompt): each
+    one's first user turn with an image, as its text and first image."""
     from gemlora.adapters.fidelity_check import VerifyPrompt
+    from gemlora.data import PreferenceExample, PromptExample
     from gemlora.data.example import ImagePart
-    from gemlora.data.preference import PreferenceExample
 
     prompts = []
     for example in examples:
-        if isinstance(example, PreferenceExample):
+        if isinstance(example, PreferenceExample | PromptExample):
             example = example.prompt_example()
         turn = next((m for m in example.messages if m.role == "user"), None)
         images = [part for part in (turn.content if turn else ()) if isinstance(part, ImagePart)]

@@ -1,16 +1,26 @@
 """Dataset formats: one converter per format, record (dict) -> `Draft` (a `PreferenceDraft` for
-preference formats), and format detection."""
+preference formats, a `PromptDraft` for reinforcement prompts), and format detection."""
 
 from collections.abc import Callable
 
-from gemlora.data.formats import hf, openai, openai_preference, sharegpt, trl_preference
+from gemlora.data.formats import (
+    hf,
+    openai,
+    openai_preference,
+    openai_reinforcement,
+    sharegpt,
+    trl_preference,
+)
 from gemlora.data.formats.common import (
     FORMATS,
     PREFERENCE_FORMATS,
+    PROMPT_FORMATS,
     DatasetFormat,
     Draft,
     PreferenceDraft,
     PreferenceFormat,
+    PromptDraft,
+    PromptFormat,
     RecordError,
 )
 
@@ -22,6 +32,9 @@ CONVERTERS: dict[DatasetFormat, Callable[[dict], Draft]] = {
 PREFERENCE_CONVERTERS: dict[PreferenceFormat, Callable[[dict], PreferenceDraft]] = {
     "openai-preference": openai_preference.convert,
     "trl-preference": trl_preference.convert,
+}
+PROMPT_CONVERTERS: dict[PromptFormat, Callable[[dict], PromptDraft]] = {
+    "openai-reinforcement": openai_reinforcement.convert,
 }
 
 
@@ -61,16 +74,35 @@ def classify_preference(record: object) -> PreferenceFormat | None:
     return None
 
 
+def classify_prompt(record: object) -> PromptFormat | None:
+    """The prompt format one record is evidently in, or None. A reinforcement prompt is a chat
+    record whose conversation ends with a user turn (the model writes the reply); a chat record
+    that ends so is malformed, so one record alone does not tell a prompt file (see
+    `reader.is_prompt_file`)."""
+    if not isinstance(record, dict) or classify_preference(record):
+        return None
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return None
+    last = messages[-1]
+    return "openai-reinforcement" if isinstance(last, dict) and last.get("role") == "user" else None
+
+
 __all__ = [
     "CONVERTERS",
     "FORMATS",
     "PREFERENCE_CONVERTERS",
     "PREFERENCE_FORMATS",
+    "PROMPT_CONVERTERS",
+    "PROMPT_FORMATS",
     "DatasetFormat",
     "Draft",
     "PreferenceDraft",
     "PreferenceFormat",
+    "PromptDraft",
+    "PromptFormat",
     "RecordError",
     "classify",
     "classify_preference",
+    "classify_prompt",
 ]

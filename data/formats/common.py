@@ -15,7 +15,9 @@ DatasetFormat = Literal["openai", "hf", "sharegpt"]
 FORMATS: tuple[DatasetFormat, ...] = ("openai", "hf", "sharegpt")
 PreferenceFormat = Literal["openai-preference", "trl-preference"]
 PREFERENCE_FORMATS: tuple[PreferenceFormat, ...] = ("openai-preference", "trl-preference")
-AnyFormat = Literal[DatasetFormat, PreferenceFormat]  # one flat Literal of all five
+PromptFormat = Literal["openai-reinforcement"]
+PROMPT_FORMATS: tuple[PromptFormat, ...] = ("openai-reinforcement",)
+AnyFormat = Literal[DatasetFormat, PreferenceFormat, PromptFormat]  # one flat Literal of all six
 MISSING = object()  # a key that is absent, as opposed to present with null
 
 
@@ -73,6 +75,19 @@ class PreferenceDraft:
     @property
     def warnings(self) -> list[Issue]:
         return self.prompt.warnings + self.chosen.warnings + self.rejected.warnings
+
+
+@dataclass
+class PromptDraft:
+    """A converted reinforcement prompt record: the prompt's turns, and the record's other fields
+    as they were (the item a grader reads)."""
+
+    prompt: Draft
+    item: dict
+
+    @property
+    def warnings(self) -> list[Issue]:
+        return self.prompt.warnings
 
 
 def text_parts(text: str) -> list[Part]:

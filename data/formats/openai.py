@@ -49,8 +49,24 @@ def refuse_tools(record: dict, prefix: str) -> None:
             raise RecordError(prefix + key, "tool and function definitions are not supported")
 
 
+def unweighted_draft(messages: object, container: str, why: str) -> Draft:
+    """The array of messages at `container` as a draft, for data where `weight` means nothing
+    (preference and reinforcement prompts): a weight is ignored with a warning saying `why`,
+    rather than refused, so that chat fine-tuning files can be reused as they are."""
+    draft = Draft(container=container)
+    for index, raw in enumerate(require_list(messages, container)):
+        field = f"{container}[{index}]"
+        message = require_dict(raw, field)
+        if message.get("weight") is not None:
+            draft.warn(f"{field}.weight", f"ignored: {why}")
+            message = {key: value for key, value in message.items() if key != "weight"}
+        add_message(draft, message, field)
+    return draft
+
+
 def add_message(draft: Draft, message: dict, field: str) -> None:
-    """One message object at `field` onto the draft (shared with `openai_preference`)."""
+    """One message object at `field` onto the draft (shared with the preference and
+    reinforcement formats)."""
     role = _role(message, field)
     for key in UNSUPPORTED_MESSAGE_KEYS:
         if message.get(key):

@@ -14,17 +14,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gemlora.data.example import Example
-from gemlora.data.formats.common import (
-    MISSING,
-    Draft,
-    PreferenceDraft,
-    require_dict,
-    require_list,
-)
-from gemlora.data.formats.openai import add_message, openai_record, refuse_tools
+from gemlora.data.formats.common import MISSING, Draft, PreferenceDraft, require_dict
+from gemlora.data.formats.openai import openai_record, refuse_tools, unweighted_draft
 
 if TYPE_CHECKING:
     from gemlora.data.preference import PreferenceExample
+
+WEIGHT_MEANS_NOTHING = "in preference data the prompt is context and both replies are compared"
 
 
 def convert(record: dict) -> PreferenceDraft:
@@ -38,18 +34,7 @@ def convert(record: dict) -> PreferenceDraft:
 
 
 def _draft(messages: object, container: str) -> Draft:
-    draft = Draft(container=container)
-    for index, raw in enumerate(require_list(messages, container)):
-        field = f"{container}[{index}]"
-        message = require_dict(raw, field)
-        if message.get("weight") is not None:
-            draft.warn(
-                f"{field}.weight",
-                "ignored: in preference data the prompt is context and both replies are compared",
-            )
-            message = {key: value for key, value in message.items() if key != "weight"}
-        add_message(draft, message, field)
-    return draft
+    return unweighted_draft(messages, container, WEIGHT_MEANS_NOTHING)
 
 
 def openai_preference_record(

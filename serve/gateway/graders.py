@@ -15,7 +15,6 @@ answer for that: reward 0 with the reason in `metadata.errors`.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import httpx
@@ -31,7 +30,7 @@ from gemlora.evals import (
     PythonGrader,
     PythonLimits,
     ScoreModelGrader,
-    grade,
+    grade_or_failure,
     validate_grader,
     walk,
 )
@@ -133,13 +132,10 @@ class GradersApi:
             timeout_s=self.policy.python_timeout_s,
             memory_bytes=self.policy.python_memory_mib * 2**20,
         )
-        started = time.monotonic()
         try:
-            return grade(grader, sample, item, judge=self._judge, python_limits=limits)
-        except GraderError as error:
-            if error.flag == "invalid_variable_error":  # the request's own item lacks it
-                raise GatewayError(400, str(error), param="item", code="invalid_item") from None
-            return GradeResult.failed(grader, error, time.monotonic() - started)
+            return grade_or_failure(grader, sample, item, judge=self._judge, python_limits=limits)
+        except GraderError as error:  # the request's own item lacks a field the grader reads
+            raise GatewayError(400, str(error), param="item", code="invalid_item") from None
 
     def _judge(self, model: str, messages: list[dict[str, Any]], sampling: dict[str, Any]) -> str:
         """One chat completion from the engine behind this gateway (its internal token)."""

@@ -41,7 +41,13 @@ from gemlora.adapters import (
 )
 from gemlora.bases import load_catalogue, resolve_base
 from gemlora.data.safe_fetch import ImageFetcher
-from gemlora.evals import PythonGrader, validate_graders, walk
+from gemlora.evals import (
+    LabelModelGrader,
+    PythonGrader,
+    ScoreModelGrader,
+    validate_grader,
+    walk,
+)
 from gemlora.serve.auth import ApiKey, Authenticator
 from gemlora.serve.errors import GatewayError, registry_unavailable, validation_error
 from gemlora.serve.jobs.config import JobsConfig
@@ -241,14 +247,16 @@ class JobsApi:
 
     # --- jobs ---------------------------------------------------------------------------------
 
-    def _check_gate_graders(self, config) -> None:
-        """A python grader is callers' code: a job's eval gate runs it only where the gateway's
-        config allows python graders at all."""
-        if self.context.python_graders:
-            return
-        for index, grader in enumerate(validate_graders(config.eval.graders)):
-            for path, part in walk(grader, f"gemlora.eval.graders[{index}]"):
-                if isinstance(part, PythonGrader):
+    def _check_graders(self, key: ApiKey, config) -> None:
+        """A python grader is callers' code: a job's reward or eval gate runs it only where the
+        gateway's config allows python graders at all. A judge model is one the caller may
+        call."""
+        graders = {f"gemlora.eval.graders[{i}]": g for i, g in enumerate(config.eval.graders)}
+        if config.method == "reinforcement":  # first: eval.graders defaults to it
+            graders = {"method.reinforcement.grader": config.reinforcement.grader} | graders
+        for where, grader in graders.items():
+            for path, part in walk(validate_grader(grader), where):
+                if isinstance(part, PythonGrader) and not self.context.python_graders:
                     raise GatewayError(
                         400,
                         "python graders run callers' code and are off on this gateway (its "
@@ -256,6 +264,17 @@ class JobsApi:
                         param=f"{path}.type",
                         code="python_graders_disabled",
                     )
+                if isinstance(part, ScoreModelGrader | LabelModelGrader):
+                    self._check_judge(key, part.model, f"{path}.model")
+
+    def _check_judge(self, key: ApiKey, model: str, param: str) -> None:
+        if not key.may_use(model):
+            raise GatewayError(
+                403,
+                f"API key {key.id} may not call the judge model {model!r}",
+                param=param,
+                code="model_not_allowed",
+            )
 
     async def create_job(self, request: Request) -> JSONResponse:
         key: ApiKey = request.state.key
@@ -297,7 +316,7 @@ class JobsApi:
             )
         except TrainSettingsError as error:
             raise GatewayError(400, str(error), param=error.param, code="invalid_value") from None
-        self._check_gate_graders(train_config)
+        self._check_graders(key, train_config)
         write_job_config(job_dir, train_config)
         job = JobRecord(
             id=job_id,
@@ -655,17 +674,23 @@ def _short(object_id: str) -> str:
     return object_id.rsplit("-", 1)[-1][:12]
 
 
+# The kind of file (`ingest`'s summary) each method trains on, and what it is called.
+FILE_KINDS = {"supervised": "chat", "dpo": "preference", "reinforcement": "prompt"}
+KIND_WORDS = {"chat": "chat examples", "preference": "preference pairs", "prompt": "prompts"}
+
+
 def _check_file_kinds(files: dict[str, FileRecord], method: str) -> None:
-    """A DPO job trains on preference pairs, a supervised one on chats: every file given must
-    hold what its method needs (one 400 lists each file that does not)."""
-    needed = "preference" if method == "dpo" else "chat"
+    """A DPO job trains on preference pairs, a supervised one on chats, a reinforcement one on
+    prompts: every file given must hold what its method needs (one 400 lists each file that
+    does not)."""
+    needed = FILE_KINDS[method]
     wrong = [
         f"{param}: {record.id} ({record.filename}) holds {kind} examples"
         for param, record in files.items()
         if (kind := record.summary.get("kind", "chat")) != needed
     ]
     if wrong:
-        what = "preference pairs" if needed == "preference" else "chat examples"
+        what = KIND_WORDS[needed]
         raise GatewayError(
             400,
             f"a {method} job trains on {what}: " + "; ".join(wrong),

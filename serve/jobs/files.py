@@ -1,14 +1,15 @@
 """Uploaded fine-tuning files: checked with `data/` on arrival, stored in one normal form.
 
 An upload in any dataset format `data/` reads (OpenAI chat JSONL, a ShareGPT/LLaVA JSON array,
-a Hugging Face parquet file; for DPO, OpenAI preference JSONL or TRL preference rows) is
-validated as `gemlora data validate` would: roles, content, replies, image count, and every
-image loaded under the byte and pixel limits. The summary's `kind` (`chat` or `preference`)
-says which training method the file can feed. Image URLs are fetched by
+a Hugging Face parquet file; for DPO, OpenAI preference JSONL or TRL preference rows; for
+reinforcement, OpenAI's prompt-only JSONL with item fields) is validated as `gemlora data
+validate` would: roles, content, replies, image count, and every image loaded under the byte and
+pixel limits. The summary's `kind` (`chat`, `preference` or `prompt`) says which training method
+the file can feed. Image URLs are fetched by
 the gateway's SSRF-safe fetcher under its image policy; a relative path cannot be resolved in an
 upload and is refused. Any error refuses the whole file, naming each bad line and field.
 
-What is stored is OpenAI chat (or preference) JSONL with every image inline as a `data:` URL,
+What is stored is OpenAI chat (preference, prompt) JSONL with every image inline as a `data:` URL,
 so a training job needs nothing but the file: no path, no network.
 """
 
@@ -24,14 +25,18 @@ from gemlora.data import (
     Example,
     PreferenceExample,
     Problem,
+    PromptExample,
     ReadOptions,
     Source,
     is_preference_file,
+    is_prompt_file,
     validate_dataset,
     validate_preferences,
+    validate_prompts,
 )
 from gemlora.data.formats.openai import openai_record as data_openai_record
 from gemlora.data.formats.openai_preference import openai_preference_record
+from gemlora.data.formats.openai_reinforcement import openai_reinforcement_record
 from gemlora.data.images import data_url
 from gemlora.data.safe_fetch import ImageFetcher
 
@@ -63,8 +68,8 @@ def ingest(upload: Path, filename: str, destination: Path, fetcher: ImageFetcher
     Returns the file's summary (kind, examples, images, format, digest, warnings); raises
     `UploadRejected` with every problem when any example has an error."""
     options = ReadOptions(fetcher=fetcher)
-    kind = "preference" if is_preference_file(upload) else "chat"
-    validate = validate_preferences if kind == "preference" else validate_dataset
+    kind = file_kind(upload)
+    validate = VALIDATORS[kind]
     try:
         report = validate(upload, options=options)
     except DatasetError as error:
@@ -91,6 +96,20 @@ def ingest(upload: Path, filename: str, destination: Path, fetcher: ImageFetcher
     }
 
 
+VALIDATORS = {
+    "chat": validate_dataset,
+    "preference": validate_preferences,
+    "prompt": validate_prompts,
+}
+
+
+def file_kind(upload: Path) -> str:
+    """`preference`, `prompt` (reinforcement) or `chat`, by the first records that tell."""
+    if is_preference_file(upload):
+        return "preference"
+    return "prompt" if is_prompt_file(upload) else "chat"
+
+
 def _named(problem: Problem, filename: str) -> str:
     """The problem located in the file the client uploaded, not in the gateway's temp copy."""
     where = Source(Path(filename), problem.source.line, problem.source.row)
@@ -100,9 +119,11 @@ def _named(problem: Problem, filename: str) -> str:
 # --- the normal form ---------------------------------------------------------------------------
 
 
-def write_jsonl(examples: list[Example] | list[PreferenceExample], destination: Path) -> None:
-    """OpenAI chat (or preference) JSONL with images as data URLs, written to a temp file and
-    renamed."""
+def write_jsonl(
+    examples: list[Example] | list[PreferenceExample] | list[PromptExample], destination: Path
+) -> None:
+    """OpenAI chat (preference, prompt) JSONL with images as data URLs, written to a temp file
+    and renamed."""
     partial = destination.with_suffix(".partial")
     with partial.open("w", encoding="utf-8") as out:
         for example in examples:
@@ -110,12 +131,15 @@ def write_jsonl(examples: list[Example] | list[PreferenceExample], destination: 
     partial.replace(destination)
 
 
-def openai_record(example: Example | PreferenceExample) -> dict[str, Any]:
-    """The example as a stored line: OpenAI chat or preference JSONL with its images inline."""
+def openai_record(example: Example | PreferenceExample | PromptExample) -> dict[str, Any]:
+    """The example as a stored line: OpenAI chat, preference or prompt JSONL with its images
+    inline."""
 
     def image_url(index: int) -> str:
         return data_url(example.images[index])
 
     if isinstance(example, PreferenceExample):
         return openai_preference_record(example, image_url)
+    if isinstance(example, PromptExample):
+        return openai_reinforcement_record(example, image_url)
     return data_openai_record(example, image_url)

@@ -8,10 +8,17 @@ The OpenAI fields map onto a gemlora training config (`gemlora.train.TrainConfig
                                       an adapter (NAME, NAME@ALIAS, NAME/VERSION): its base,
                                       and base.init_adapter = that version (train further)
     training_file / validation_file   data.train_file / data.eval_file (the stored files)
-    method.type                       method: supervised (the default) or dpo; the
-                                      hyperparameters below may also come in
-                                      method.supervised / method.dpo, as the SDK sends them
+    method.type                       method: supervised (the default), dpo or
+                                      reinforcement; the hyperparameters below may also
+                                      come in method.supervised / method.dpo /
+                                      method.reinforcement, as the SDK sends them
     method.dpo.hyperparameters.beta   dpo.beta
+    method.reinforcement.grader       reinforcement.grader (validated as graders.validate)
+    method.reinforcement.hyperparameters
+        compute_multiplier            reinforcement.generations = round(4 x multiplier), >= 2
+        eval_interval                 training.eval_steps
+        eval_samples                  reinforcement.eval_generations
+        reasoning_effort              refused: Gemma 3 has no reasoning effort
     hyperparameters.n_epochs          training.epochs
     hyperparameters.batch_size        training.batch_size
     hyperparameters.learning_rate_multiplier
@@ -37,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from gemlora.adapters.refs import NAME_PATTERN
-from gemlora.train.config import ConfigError, TrainConfig, parse_config
+from gemlora.train.config import ConfigError, TrainConfig, parse_config, uses_a_judge
 
 Auto = Literal["auto"]
 
@@ -86,6 +93,29 @@ class DpoHyperparameters(Hyperparameters):
         return value
 
 
+class ReinforcementHyperparameters(Hyperparameters):
+    """OpenAI's reinforcement hyperparameters; `reasoning_effort` is refused by name."""
+
+    compute_multiplier: float | Auto = "auto"
+    eval_interval: int | Auto = "auto"
+    eval_samples: int | Auto = "auto"
+    reasoning_effort: str | None = None
+
+    @field_validator("compute_multiplier", "eval_interval", "eval_samples")
+    @classmethod
+    def _positive_setting(cls, value: float | str) -> float | str:
+        if value != "auto" and value <= 0:
+            raise _invalid("must be above 0 (or 'auto')")
+        return value
+
+    @field_validator("reasoning_effort")
+    @classmethod
+    def _no_reasoning_effort(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise _invalid("not supported: Gemma 3 has no reasoning effort to set; leave it out")
+        return value
+
+
 class SupervisedMethod(_Strict):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
@@ -94,16 +124,43 @@ class DpoMethod(_Strict):
     hyperparameters: DpoHyperparameters = Field(default_factory=DpoHyperparameters)
 
 
+class ReinforcementMethod(_Strict):
+    grader: dict[str, Any] = Field(description="The reward: a grader in OpenAI's format.")
+    hyperparameters: ReinforcementHyperparameters = Field(
+        default_factory=ReinforcementHyperparameters
+    )
+
+    @field_validator("grader")
+    @classmethod
+    def _valid_grader(cls, grader: dict[str, Any]) -> dict[str, Any]:
+        from gemlora.evals import GraderError, validate_grader
+
+        try:
+            validate_grader(grader)
+        except GraderError as error:
+            raise _invalid(str(error)) from None
+        return grader
+
+
+MethodType = Literal["supervised", "dpo", "reinforcement"]
+DEFAULT_GENERATIONS = 4  # reinforcement.generations at compute_multiplier 1
+
+
 class Method(_Strict):
-    type: Literal["supervised", "dpo"] = Field(
-        description="Supervised fine-tuning (SFT) or preference tuning (DPO)."
+    type: MethodType = Field(
+        description="Supervised fine-tuning (SFT), preference tuning (DPO) or reinforcement "
+        "fine-tuning against a grader (GRPO)."
     )
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
+    reinforcement: ReinforcementMethod | None = None
 
     @model_validator(mode="after")
     def _settings_of_its_type(self) -> Method:
-        for other in ("supervised", "dpo"):
+        if self.type == "reinforcement" and self.reinforcement is None:
+            raise _invalid("method.reinforcement: required with method.type 'reinforcement' "
+                           "(its grader is the reward)")  # fmt: skip
+        for other in ("supervised", "dpo", "reinforcement"):
             if other != self.type and getattr(self, other) is not None:
                 raise _invalid(f"method.{other}: given, but method.type is {self.type!r}")
         return self
@@ -159,7 +216,7 @@ class CreateJobRequest(_Strict):
         return self
 
     @property
-    def method_type(self) -> Literal["supervised", "dpo"]:
+    def method_type(self) -> MethodType:
         return self.method.type if self.method is not None else "supervised"
 
     def resolved_hyperparameters(self) -> Hyperparameters:
@@ -167,6 +224,8 @@ class CreateJobRequest(_Strict):
             return chosen
         if self.method_type == "dpo":
             return DpoHyperparameters(**dict(self.hyperparameters or {}))
+        if self.method_type == "reinforcement":
+            return ReinforcementHyperparameters(**dict(self.hyperparameters or {}))
         return self.hyperparameters or Hyperparameters()
 
 
@@ -218,6 +277,9 @@ def job_training_config(
     if request.method_type == "dpo":
         sections["method"] = "dpo"  # a top-level field of the training config
         _apply_dpo_hyperparameters(request, sections.setdefault("dpo", {}))
+    if request.method_type == "reinforcement":
+        sections["method"] = "reinforcement"
+        _apply_reinforcement(request, sections, verify_on)
     sections.setdefault("data", {}).update(
         train_file=str(train_file), eval_file=str(eval_file) if eval_file else None
     )
@@ -284,6 +346,38 @@ def _apply_dpo_hyperparameters(request: CreateJobRequest, dpo: dict[str, Any]) -
     dpo["beta"] = beta
 
 
+def _apply_reinforcement(
+    request: CreateJobRequest, sections: dict[str, Any], verify_on: JobVerification
+) -> None:
+    """The grader, and OpenAI's reinforcement hyperparameters in gemlora's terms."""
+    rl = sections.setdefault("reinforcement", {})
+    if "grader" in rl:
+        raise TrainSettingsError(
+            "gemlora.reinforcement.grader", "set by method.reinforcement.grader; leave it out"
+        )
+    rl["grader"] = request.method.reinforcement.grader
+    if uses_a_judge(rl["grader"]) and "judge" not in rl and verify_on.engine_url:
+        # The judge answers on the gateway's engine (with its internal token, from the worker).
+        rl["judge"] = {"url": f"{verify_on.engine_url}/v1", "api_key_env": None}
+    chosen = request.resolved_hyperparameters()
+    mapped = (
+        ("compute_multiplier", rl, "generations",
+         lambda m: max(2, round(DEFAULT_GENERATIONS * m))),
+        ("eval_interval", sections.setdefault("training", {}), "eval_steps", int),
+        ("eval_samples", rl, "eval_generations", int),
+    )  # fmt: skip
+    for theirs, section, ours, convert in mapped:
+        value = getattr(chosen, theirs)
+        if value == "auto":
+            continue
+        if ours in section:
+            raise TrainSettingsError(
+                f"method.reinforcement.hyperparameters.{theirs}",
+                f"also set in gemlora ({ours}); set it in one place",
+            )
+        section[ours] = convert(value)
+
+
 def _settings_error(problems: list[str]) -> TrainSettingsError:
     """The first problem validation found, named as the request's `gemlora.<path>`."""
     path, _, message = problems[0].partition(": ")
@@ -302,4 +396,11 @@ def effective_hyperparameters(config: TrainConfig, request: CreateJobRequest) ->
     }
     if request.method_type == "dpo":
         effective["beta"] = config.dpo.beta
+    if request.method_type == "reinforcement":
+        rl = config.reinforcement
+        effective |= {
+            "compute_multiplier": rl.generations / DEFAULT_GENERATIONS,
+            "eval_interval": config.training.eval_steps or "auto",
+            "eval_samples": rl.eval_generations,
+        }
     return effective

@@ -56,7 +56,9 @@ def test_the_adapter_lifecycle_from_the_command_line(cli, adapters, name):
     assert "aliases: candidate->2, champion->1, staging->2" in table
     digest = content_digest(adapters.a)[:12]
     targets = "down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj"
-    assert f"1 champion gemma-3-270m 8 {targets} - - - {digest}" in table  # no eval, unverified, ungated
+    assert (
+        f"1 champion gemma-3-270m 8 {targets} - - - {digest}" in table
+    )  # no eval, unverified, ungated
 
     resolved = cli("resolve", name)
     assert resolved.exit_code == 0, resolved.output

@@ -141,6 +141,8 @@ def test_samples_command(tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "shapes-vqa" / "train.jsonl").is_file()
     assert (tmp_path / "style-chat" / "eval.jsonl").is_file()
+    assert (tmp_path / "say-the-word" / "train.jsonl").is_file()
+    assert "say-the-word: " in result.output
 
 
 def test_split_refuses_files_that_are_not_json_lines(tmp_path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gemlora.data import read_dataset, read_preferences
-from gemlora.data.sample_sets import COLOURS, SHAPES, write_samples
+from gemlora.data import read_dataset, read_preferences, read_prompts, validate_prompts
+from gemlora.data.sample_sets import COLOURS, SHAPES, write_samples, write_say_the_word
 
 
 def files(directory: Path) -> dict[str, bytes]:
@@ -20,6 +20,8 @@ def files(directory: Path) -> dict[str, bytes]:
 def test_generation_is_byte_for_byte_deterministic(samples_dir, tmp_path):
     write_samples(tmp_path)
     assert files(tmp_path) == files(samples_dir)
+    names = {path.split("/")[0] for path in files(samples_dir)}
+    assert names == {"shapes-vqa", "style-chat", "style-preference", "say-the-word"}
 
 
 def test_shapes_vqa_is_valid_and_small(samples_dir):
@@ -85,3 +87,35 @@ def test_style_preference_prefers_the_style_and_holds_out_style_chats_questions(
     for side, pairs in (("train", train), ("eval", held_out)):
         chats = read_dataset(style_chat / f"{side}.jsonl").examples
         assert [pair.chosen_example() for pair in pairs.examples] == chats
+
+
+def test_say_the_word_is_valid_prompts_asking_for_their_answer(samples_dir, text_counter, tmp_path):
+    directory = samples_dir / "say-the-word"
+    train = validate_prompts(directory / "train.jsonl", model=text_counter, completion_tokens=4)
+    held_out = validate_prompts(directory / "eval.jsonl", model=text_counter, completion_tokens=4)
+    assert train.read.format == "openai-reinforcement"
+    assert (train.problems, held_out.problems) == ([], [])
+    assert 85 <= len(train.examples) <= 105 and 15 <= len(held_out.examples) <= 35
+    assert max(train.token_lengths + held_out.token_lengths) < 30
+    # held-out words are words never trained on
+    words = {
+        side: {e.item["answer"] for e in r.examples}
+        for side, r in (("train", train), ("eval", held_out))
+    }
+    assert not words["train"] & words["eval"]
+
+    examples = train.examples + held_out.examples
+    instructions = set()
+    for example in examples:
+        assert len(example.prompt) == 1 and example.prompt[0].role == "user"
+        assert set(example.item) == {"answer"} and not example.images
+        text, word = example.prompt[0].text, example.item["answer"]
+        assert text.endswith(f": {word}") and word.isalpha()
+        instructions.add(text.removesuffix(word))
+    assert len(instructions) == 6
+    first = json.loads((directory / "train.jsonl").read_text().splitlines()[0])
+    assert list(first) == ["messages", "answer"]
+
+    write_say_the_word(tmp_path)
+    assert files(tmp_path) == files(directory)
+    assert read_prompts(tmp_path / "eval.jsonl").digest() == held_out.read.digest()

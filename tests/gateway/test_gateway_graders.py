@@ -134,3 +134,63 @@ def test_a_score_model_judge_is_the_engines_model(gateway, keys):
     errors = answer.metadata.errors
     assert not errors.model_grader_server_error, errors.model_grader_server_error_details
     assert errors.model_grader_parse_error or 0 <= answer.reward <= 1  # a number, or none
+
+
+def test_a_reward_in_training_is_what_graders_run_returns(keys):
+    """The reward function of a reinforcement run (`gemlora.train.grpo.GraderReward`, called as
+    TRL calls it) and POST /v1/fine_tuning/alpha/graders/run give the same reward for the same
+    sample and item, a grader that raises included."""
+    import json
+
+    from gemlora.evals import validate_grader
+    from gemlora.train.grpo import GraderReward
+
+    similar = {
+        "type": "text_similarity",
+        "name": "close",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.answer}}",
+        "evaluation_metric": "fuzzy_match",
+    }
+    raises = PYTHON | {
+        "name": "picky",
+        "source": "def grade(sample, item):\n"
+        "    if 'Lyon' in sample['output_text']:\n"
+        "        raise ValueError('not that city')\n"
+        "    return len(sample['output_text']) / 10\n",
+    }
+    multi = {
+        "type": "multi",
+        "name": "mixed",
+        "graders": {"exact": EXACT, "close": similar},
+        "calculate_output": "0.5 * exact + 0.5 * close",
+    }
+    samples = ["Paris", "The answer is Paris.", "Lyon", ""]
+    item = {"answer": "Paris"}
+    settings = GatewaySettings(
+        GatewayConfig(graders=GradersPolicy(python=True, python_timeout_s=5)),
+        engine_url=f"http://127.0.0.1:{free_port()}",
+        base=BASE,
+        keys=keys.api_keys(),
+    )
+    server = GatewayServer(settings, free_port())
+    try:
+        graders = client(server, keys.team).fine_tuning.alpha.graders
+        for grader in (EXACT, similar, raises, multi):
+            reward = GraderReward(validate_grader(grader))
+            metrics: dict[str, float] = {}
+            trained = reward(
+                prompts=[[{"role": "user", "content": "Capital of France?"}]] * len(samples),
+                completions=[[{"role": "assistant", "content": s}] for s in samples],
+                item=[json.dumps(item)] * len(samples),
+                log_metric=metrics.__setitem__,
+            )
+            served = [graders.run(grader=grader, model_sample=s, item=item).reward for s in samples]
+            assert trained == served, grader["name"]
+            if grader is raises:  # "Lyon" raised: scored 0, counted, the batch went on
+                assert trained[2] == 0.0 and trained[0] == 0.5
+                assert metrics["rewards/picky/errors"] == 0.25 and reward.errors == 1
+            if grader is multi:
+                assert metrics["rewards/mixed/exact"] == 0.25
+    finally:
+        server.stop()

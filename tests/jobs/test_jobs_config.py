@@ -152,7 +152,13 @@ def test_the_sdks_supervised_method_form_sets_the_hyperparameters(tmp_path):
     ("method", "field", "message"),
     [
         ({"type": "dpo", "supervised": {}}, "method", "method.supervised: given"),
-        ({"type": "reinforcement"}, "method.type", "'supervised' or 'dpo'"),
+        ({"type": "ppo"}, "method.type", "'supervised', 'dpo' or 'reinforcement'"),
+        ({"type": "reinforcement"}, "method", "method.reinforcement: required"),
+        (
+            {"type": "reinforcement", "reinforcement": {"grader": {"type": "string_check"}}},
+            "method.reinforcement.grader",
+            "invalid grader",
+        ),
         ({"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}, "method.dpo", "above 0"),
     ],
 )
@@ -194,3 +200,50 @@ def test_the_demos_job_is_a_valid_request_with_an_eval_gate(tmp_path):
     assert config.output.promote_if.gate.grader == "signed"
     assert [g["name"] for g in config.eval.graders] == ["greeting", "signed", "close"]
     assert config.eval.generation_examples == 0  # the gate's eval replaces the contains-match
+
+
+def test_a_reinforcement_request_maps_openais_hyperparameters(tmp_path):
+    from gemlora.serve.jobs.schema import effective_hyperparameters
+
+    judged = {
+        "type": "score_model",
+        "name": "judge",
+        "model": "gemma-3-270m",
+        "input": [{"role": "user", "content": "Rate {{sample.output_text}} from 0 to 1"}],
+    }
+    hyperparameters = {
+        "n_epochs": 2,
+        "batch_size": 3,
+        "learning_rate_multiplier": 2,
+        "compute_multiplier": 2,
+        "eval_interval": 5,
+        "eval_samples": 3,
+    }
+    request = CreateJobRequest.model_validate(
+        {
+            "model": "gemma-3-270m-w4a16",
+            "training_file": "file-a",
+            "method": {
+                "type": "reinforcement",
+                "reinforcement": {"grader": judged, "hyperparameters": hyperparameters},
+            },
+        }
+    )
+    config = _job_config(request, tmp_path)
+    assert config.method == "reinforcement"
+    assert config.reinforcement.grader == judged and config.eval.graders == [judged]
+    assert config.reinforcement.generations == 8  # 4 x compute_multiplier
+    assert config.reinforcement.eval_generations == 3 and config.training.eval_steps == 5
+    assert (config.training.epochs, config.training.batch_size) == (2, 3)
+    assert config.training.lr == pytest.approx(2 * 2e-4)
+    # the judge answers on the gateway's own engine
+    assert config.reinforcement.judge.url == f"{VERIFY_ON.engine_url}/v1"
+    effective = effective_hyperparameters(config, request)
+    assert effective["compute_multiplier"] == 2 and effective["eval_interval"] == 5
+
+    twice = request.model_copy(
+        update={"gemlora": {"reinforcement": {"generations": 6}}}, deep=True
+    )
+    with pytest.raises(TrainSettingsError) as raised:
+        _job_config(twice, tmp_path)
+    assert raised.value.param == "method.reinforcement.hyperparameters.compute_multiplier"

@@ -38,7 +38,8 @@ def shapes(samples) -> tuple[Path, Path]:
 def tiny_config(built_models, mlflow_server, shapes, tmp_path) -> Callable[..., TrainConfig]:
     """`tiny_config(**sections)`: a config for tiny-gemma-3-mm on the shapes subset, logging to
     the session's MLflow server, with the test's run dir and adapter name; each keyword
-    updates one section, e.g. `tiny_config(training={"max_steps": 2})`."""
+    updates one section, e.g. `tiny_config(training={"max_steps": 2})`, or sets a top-level
+    field (`method="reinforcement"`)."""
 
     name = f"tiny-{uuid.uuid4().hex[:8]}"
 
@@ -47,7 +48,10 @@ def tiny_config(built_models, mlflow_server, shapes, tmp_path) -> Callable[..., 
             shapes, name=name, tracking_uri=mlflow_server.url, run_dir=tmp_path / "run"
         )
         for section, fields in sections.items():
-            document.setdefault(section, {}).update(fields)
+            if isinstance(fields, dict):
+                document.setdefault(section, {}).update(fields)
+            else:  # a top-level field, e.g. method="dpo"
+                document[section] = fields
         return parse_config(document)
 
     return make

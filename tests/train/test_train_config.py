@@ -37,6 +37,7 @@ def test_the_example_configs_are_the_expected_ones():
         "style-270m.yaml",
         "style-270m-w4a16.yaml",
         "style-270m-dpo.yaml",
+        "say-the-word-270m-rl.yaml",
         "gemma-3-4b-vision-qlora.yaml",
         "gemma-3-27b-int4-qlora.yaml",
     }
@@ -226,5 +227,5 @@ def test_every_method_of_the_config_is_a_registered_training_method():
     for name in method_names():
         method = training_method(name)
         assert isinstance(method, TrainingMethod) and method.name == name
-    with pytest.raises(LookupError, match="no training method 'reinforcement'"):
-        training_method("reinforcement")
+    with pytest.raises(LookupError, match="no training method 'ppo'"):
+        training_method("ppo")
