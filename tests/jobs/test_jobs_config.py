@@ -241,9 +241,7 @@ def test_a_reinforcement_request_maps_openais_hyperparameters(tmp_path):
     effective = effective_hyperparameters(config, request)
     assert effective["compute_multiplier"] == 2 and effective["eval_interval"] == 5
 
-    twice = request.model_copy(
-        update={"gemlora": {"reinforcement": {"generations": 6}}}, deep=True
-    )
+    twice = request.model_copy(update={"gemlora": {"reinforcement": {"generations": 6}}}, deep=True)
     with pytest.raises(TrainSettingsError) as raised:
         _job_config(twice, tmp_path)
     assert raised.value.param == "method.reinforcement.hyperparameters.compute_multiplier"
