@@ -16,7 +16,7 @@ models: install  ## build the local Gemma 3 bases into $$GEMLORA_HOME/models
 data: install  ## generate the sample datasets in data/samples/
 	$(GEMLORA) data samples
 
-demo: install  ## serve Gemma 3 270M, fine-tune it through the API, compare base and adapter (~10 min)
+demo: install  ## serve Gemma 3 270M, fine-tune it through the API, gate it against the base (~7 min fresh)
 	$(PY) scripts/demo.py
 
 demo-stop:  ## stop what `make demo` left running (gateway, vLLM, MLflow)

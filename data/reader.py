@@ -106,17 +106,11 @@ def read_dataset(
     when the file cannot be read at all, its format cannot be told, or (with `options.strict`)
     on the first error."""
     options = options or ReadOptions()
-    path = Path(path)
-    records = iter_records(path, options.max_line_bytes)
-    if format is None:
-        format, records = _detect(path, records, options.require_assistant_last)
-    convert = CONVERTERS[format]
-    loader = _loader(path, options)
-    result = ReadResult(path, format, 0, [], [])
-    _read_all(
-        result, records, lambda record: _build(record, convert, loader, options), options, limit
-    )
-    return result
+
+    def detect(path: Path, records: Iterator) -> tuple[DatasetFormat, Iterator]:
+        return _detect(path, records, options.require_assistant_last)
+
+    return _read(ReadResult, path, format, options, limit, detect, CONVERTERS, _build)
 
 
 def read_preferences(
@@ -128,22 +122,16 @@ def read_preferences(
 ) -> PreferenceReadResult:
     """`read_dataset` for preference datasets (OpenAI preference JSONL, TRL preference rows):
     every record, or until `limit` valid pairs."""
-    options = options or ReadOptions()
-    path = Path(path)
-    records = iter_records(path, options.max_line_bytes)
-    if format is None:
-        format, records = _detect_preference(path, records)
-    convert = PREFERENCE_CONVERTERS[format]
-    loader = _loader(path, options)
-    result = PreferenceReadResult(path, format, 0, [], [])
-    _read_all(
-        result,
-        records,
-        lambda record: _build_preference(record, convert, loader, options),
-        options,
+    return _read(
+        PreferenceReadResult,
+        path,
+        format,
+        options or ReadOptions(),
         limit,
+        _detect_preference,
+        PREFERENCE_CONVERTERS,
+        _build_preference,
     )
-    return result
 
 
 def read_prompts(
@@ -155,20 +143,42 @@ def read_prompts(
 ) -> PromptReadResult:
     """`read_dataset` for reinforcement prompt datasets (OpenAI reinforcement JSONL): every
     record, or until `limit` valid prompts."""
-    options = options or ReadOptions()
+    return _read(
+        PromptReadResult,
+        path,
+        format,
+        options or ReadOptions(),
+        limit,
+        _detect_prompt,
+        PROMPT_CONVERTERS,
+        _build_prompt,
+    )
+
+
+R = TypeVar("R", ReadResult, PreferenceReadResult, PromptReadResult)
+
+
+def _read(
+    result_type: type[R],
+    path: str | Path,
+    format: str | None,
+    options: ReadOptions,
+    limit: int | None,
+    detect: Callable[[Path, Iterator], tuple[str, Iterator]],
+    converters: dict,
+    build: Callable,
+) -> R:
+    """What every reader does: detect the format (unless given), then convert, check and load
+    each record with `build`."""
     path = Path(path)
     records = iter_records(path, options.max_line_bytes)
     if format is None:
-        format, records = _detect_prompt(path, records)
-    convert = PROMPT_CONVERTERS[format]
+        format, records = detect(path, records)
+    convert = converters[format]
     loader = _loader(path, options)
-    result = PromptReadResult(path, format, 0, [], [])
+    result = result_type(path, format, 0, [], [])
     _read_all(
-        result,
-        records,
-        lambda record: _build_prompt(record, convert, loader, options),
-        options,
-        limit,
+        result, records, lambda record: build(record, convert, loader, options), options, limit
     )
     return result
 

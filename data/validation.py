@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from gemlora.data.example import DatasetError, Example, HasProblems, Problem
@@ -139,18 +140,8 @@ def validate_dataset(
     options = options or ReadOptions()
     read = read_dataset(path, format, options=options)
     report = DatasetReport(read, list(read.examples), list(read.problems))
-    if model is None:
-        return report
-    counter = model if isinstance(model, TokenCounter) else load_token_counter(model)
-    report.model = counter.name
-    report.max_length = max_length or counter.max_length
-    lengths = measure_tokens(report.examples, counter)
-    report.examples, report.token_lengths, problems = apply_length_policy(
-        report.examples, lengths, report.max_length, overlong
-    )
-    report.problems += problems
-    _raise_if_strict(options, problems, report.problems)
-    return report
+    policy = partial(apply_length_policy, policy=overlong)
+    return _measured(report, options, model, max_length, measure_tokens, policy)
 
 
 def validate_preferences(
@@ -168,18 +159,8 @@ def validate_preferences(
     options = options or ReadOptions()
     read = read_preferences(path, format, options=options)
     report = PreferenceReport(read, list(read.examples), list(read.problems))
-    if model is None:
-        return report
-    counter = model if isinstance(model, TokenCounter) else load_token_counter(model)
-    report.model = counter.name
-    report.max_length = max_length or counter.max_length
-    lengths = measure_preference_tokens(report.examples, counter)
-    report.examples, report.token_lengths, problems = apply_preference_length_policy(
-        report.examples, lengths, report.max_length, overlong
-    )
-    report.problems += problems
-    _raise_if_strict(options, problems, report.problems)
-    return report
+    policy = partial(apply_preference_length_policy, policy=overlong)
+    return _measured(report, options, model, max_length, measure_preference_tokens, policy)
 
 
 def validate_prompts(
@@ -199,14 +180,23 @@ def validate_prompts(
     read = read_prompts(path, format, options=options)
     report = PromptReport(read, list(read.examples), list(read.problems))
     report.completion_tokens = completion_tokens
+    policy = partial(
+        apply_prompt_length_policy, policy=overlong, completion_tokens=completion_tokens
+    )
+    return _measured(report, options, model, max_length, measure_prompt_tokens, policy)
+
+
+def _measured(report, options, model, max_length, measure, apply_policy):
+    """With a model: the report's examples measured (`measure`), and the over-long ones
+    refused or dropped (`apply_policy(examples, lengths, max_length)`)."""
     if model is None:
         return report
     counter = model if isinstance(model, TokenCounter) else load_token_counter(model)
     report.model = counter.name
     report.max_length = max_length or counter.max_length
-    lengths = measure_prompt_tokens(report.examples, counter)
-    report.examples, report.token_lengths, problems = apply_prompt_length_policy(
-        report.examples, lengths, report.max_length, overlong, completion_tokens
+    lengths = measure(report.examples, counter)
+    report.examples, report.token_lengths, problems = apply_policy(
+        report.examples, lengths, report.max_length
     )
     report.problems += problems
     _raise_if_strict(options, problems, report.problems)

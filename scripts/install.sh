@@ -43,7 +43,7 @@ echo "install: quantization environment $QUANT_VENV (llmcompressor), alongside"
 install_quant >"$QUANT_LOG" 2>&1 &
 QUANT_PID=$!
 # A failure below stops the side install too.
-trap 'kill "$QUANT_PID" 2>/dev/null; rm -f "$QUANT_LOG"' EXIT
+trap 'kill "$QUANT_PID" 2>/dev/null || true; rm -f "$QUANT_LOG"' EXIT
 
 echo "install: $STACK stack into $VENV"
 [[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV" || die "could not create $VENV"

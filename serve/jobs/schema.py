@@ -61,6 +61,12 @@ def _invalid(message: str) -> PydanticCustomError:
     return PydanticCustomError("value_error", message)
 
 
+def _above_zero(value: float | str) -> float | str:
+    if value != "auto" and value <= 0:
+        raise _invalid("must be above 0 (or 'auto')")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -75,9 +81,7 @@ class Hyperparameters(_Strict):
     @field_validator("n_epochs", "batch_size", "learning_rate_multiplier")
     @classmethod
     def _positive(cls, value: float | str) -> float | str:
-        if value != "auto" and value <= 0:
-            raise _invalid("must be above 0 (or 'auto')")
-        return value
+        return _above_zero(value)
 
 
 class DpoHyperparameters(Hyperparameters):
@@ -88,9 +92,7 @@ class DpoHyperparameters(Hyperparameters):
     @field_validator("beta")
     @classmethod
     def _positive_beta(cls, value: float | str) -> float | str:
-        if value != "auto" and value <= 0:
-            raise _invalid("must be above 0 (or 'auto')")
-        return value
+        return _above_zero(value)
 
 
 class ReinforcementHyperparameters(Hyperparameters):
@@ -104,9 +106,7 @@ class ReinforcementHyperparameters(Hyperparameters):
     @field_validator("compute_multiplier", "eval_interval", "eval_samples")
     @classmethod
     def _positive_setting(cls, value: float | str) -> float | str:
-        if value != "auto" and value <= 0:
-            raise _invalid("must be above 0 (or 'auto')")
-        return value
+        return _above_zero(value)
 
     @field_validator("reasoning_effort")
     @classmethod

@@ -33,6 +33,17 @@ PYTHON = {
 }
 
 
+def python_graders_gateway(keys) -> GatewayServer:
+    """A gateway whose config allows python graders (5 s each), with no engine behind it."""
+    settings = GatewaySettings(
+        GatewayConfig(graders=GradersPolicy(python=True, python_timeout_s=5)),
+        engine_url=f"http://127.0.0.1:{free_port()}",
+        base=BASE,
+        keys=keys.api_keys(),
+    )
+    return GatewayServer(settings, free_port())
+
+
 def client(server: GatewayServer, key: str) -> OpenAI:
     return OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0, timeout=60)
 
@@ -82,14 +93,7 @@ def test_python_graders_are_refused_unless_the_config_turns_them_on(strict_gatew
         graders.validate(grader=nested)
     assert refused.value.body["param"] == "grader.graders.p.type"
 
-    policy = GradersPolicy(python=True, python_timeout_s=5)
-    settings = GatewaySettings(
-        GatewayConfig(graders=policy),
-        engine_url=f"http://127.0.0.1:{free_port()}",
-        base=BASE,
-        keys=keys.api_keys(),
-    )
-    server = GatewayServer(settings, free_port())
+    server = python_graders_gateway(keys)
     try:
         graders = client(server, keys.team).fine_tuning.alpha.graders
         assert graders.run(grader=PYTHON, model_sample="twelve chr").reward == 1.0
@@ -167,13 +171,7 @@ def test_a_reward_in_training_is_what_graders_run_returns(keys):
     }
     samples = ["Paris", "The answer is Paris.", "Lyon", ""]
     item = {"answer": "Paris"}
-    settings = GatewaySettings(
-        GatewayConfig(graders=GradersPolicy(python=True, python_timeout_s=5)),
-        engine_url=f"http://127.0.0.1:{free_port()}",
-        base=BASE,
-        keys=keys.api_keys(),
-    )
-    server = GatewayServer(settings, free_port())
+    server = python_graders_gateway(keys)
     try:
         graders = client(server, keys.team).fine_tuning.alpha.graders
         for grader in (EXACT, similar, raises, multi):
