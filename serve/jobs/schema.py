@@ -40,7 +40,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from gemlora.adapters.refs import NAME_PATTERN
@@ -153,13 +160,19 @@ class Method(_Strict):
     )
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
-    reinforcement: ReinforcementMethod | None = None
+    reinforcement: ReinforcementMethod | None = Field(default=None, validate_default=True)
+
+    @field_validator("reinforcement")
+    @classmethod
+    def _grader_for_reinforcement(
+        cls, settings: ReinforcementMethod | None, info: ValidationInfo
+    ) -> ReinforcementMethod | None:
+        if settings is None and info.data.get("type") == "reinforcement":
+            raise _invalid("required with method.type 'reinforcement': its grader is the reward")
+        return settings
 
     @model_validator(mode="after")
     def _settings_of_its_type(self) -> Method:
-        if self.type == "reinforcement" and self.reinforcement is None:
-            raise _invalid("method.reinforcement: required with method.type 'reinforcement' "
-                           "(its grader is the reward)")  # fmt: skip
         for other in ("supervised", "dpo", "reinforcement"):
             if other != self.type and getattr(self, other) is not None:
                 raise _invalid(f"method.{other}: given, but method.type is {self.type!r}")

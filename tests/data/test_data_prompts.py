@@ -576,5 +576,6 @@ def test_cli_preview_shows_the_prompt_and_its_item(tmp_path, text_counter):
     assert "<bos><start_of_turn>user\nWhat is 7 plus 5? Reply with the answer only." in out
     assert out.count("<end_of_turn>\n<start_of_turn>model\n") == 2
     assert '"answer": "12"' in out and '"answer": "Paris",\n  "points": 2' in out
-    assert out.index("7 plus 5") < out.index("item (what the grader reads)") < out.index("12")
+    item = out.index("item (what the grader reads)")
+    assert out.index("7 plus 5") < item < out.index('"answer": "12"')
     assert f"{path}:3" not in out

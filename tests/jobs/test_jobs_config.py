@@ -153,7 +153,7 @@ def test_the_sdks_supervised_method_form_sets_the_hyperparameters(tmp_path):
     [
         ({"type": "dpo", "supervised": {}}, "method", "method.supervised: given"),
         ({"type": "ppo"}, "method.type", "'supervised', 'dpo' or 'reinforcement'"),
-        ({"type": "reinforcement"}, "method", "method.reinforcement: required"),
+        ({"type": "reinforcement"}, "method.reinforcement", "required with method.type"),
         (
             {"type": "reinforcement", "reinforcement": {"grader": {"type": "string_check"}}},
             "method.reinforcement.grader",

@@ -2,7 +2,8 @@
 prompt files (with images) uploaded and checked as prompts, `method: {"type":
 "reinforcement", "reinforcement": {"grader": ..., "hyperparameters": ...}}` exactly as the SDK
 sends it, OpenAI's hyperparameters mapped (and the unsupported one refused by name), reward
-metrics in the job's events, and the result callable by name at once. Real gateway, engine
+metrics in the job's events, a pause with a callable checkpoint and a resume, the eval gate on
+the reward grader, and the result callable by name at once. Real gateway, engine
 (tiny-gemma-3-mm), MLflow and workers."""
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import json
 
 import openai
 import pytest
-from jobs_helpers import BASE, client_for, inline_jsonl, tiny_settings, wait_for
+from jobs_helpers import BASE, client_for, inline_jsonl, tiny_settings, wait_for, wait_for_event
 
 pytestmark = pytest.mark.engine
 
+STEPS = 6
 CLOSE = {
     "type": "text_similarity",
     "name": "close",
@@ -40,9 +42,7 @@ def upload_prompts(client: openai.OpenAI, samples, side: str, count: int):
     return client.files.create(file=(f"prompts-{side}.jsonl", data), purpose="fine-tune")
 
 
-def test_a_reinforcement_job_on_image_prompts_succeeds_with_reward_metrics(
-    admin, registry, samples
-):
+def test_a_reinforcement_job_on_image_prompts_pauses_resumes_and_is_gated(admin, registry, samples):
     train = upload_prompts(admin, samples, "train", 8)
     held_out = upload_prompts(admin, samples, "eval", 2)
     assert train.model_extra["gemlora"]["kind"] == "prompt"
@@ -53,7 +53,11 @@ def test_a_reinforcement_job_on_image_prompts_succeeds_with_reward_metrics(
         "eval_interval": 2,
         "eval_samples": 1,
     }
-    settings = tiny_settings() | {"reinforcement": {"max_completion_tokens": 4, "eval_prompts": 2}}
+    settings = tiny_settings(max_steps=STEPS, save_steps=1000) | {
+        "reinforcement": {"max_completion_tokens": 4, "eval_prompts": 2},
+        # the eval gate on the reward grader (eval.graders defaults to it), on the engine
+        "output": {"promote_if": {"gate": {"grader": "close"}, "to": "champion"}},
+    }
     job = admin.fine_tuning.jobs.create(
         model=BASE,
         training_file=train.id,
@@ -68,6 +72,20 @@ def test_a_reinforcement_job_on_image_prompts_succeeds_with_reward_metrics(
     assert job.method.type == "reinforcement"
     assert job.hyperparameters.batch_size == 2
 
+    wait_for_event(admin, job.id, f"Step 2/{STEPS}")
+    admin.fine_tuning.jobs.pause(job.id)
+    wait_for(admin, job.id, "paused", timeout_s=120)
+    (checkpoint,) = admin.fine_tuning.jobs.checkpoints.list(job.id).data  # saved on pause
+    step = checkpoint.step_number
+    assert 2 <= step < STEPS
+    reply = admin.chat.completions.create(  # the checkpoint is callable while paused
+        model=checkpoint.fine_tuned_model_checkpoint,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=2,
+    )
+    assert reply.model == checkpoint.fine_tuned_model_checkpoint
+    admin.fine_tuning.jobs.resume(job.id)
+
     done = wait_for(admin, job.id, "succeeded")
     name = done.fine_tuned_model
     reply = admin.chat.completions.create(
@@ -76,16 +94,20 @@ def test_a_reinforcement_job_on_image_prompts_succeeds_with_reward_metrics(
     assert reply.model == name
     version = registry.show(name).versions[0]
     assert version.tags["gemlora.method"] == "reinforcement"
+    gate = json.loads(version.tags["gemlora.eval"])  # the gate graded it on the held-out prompts
+    assert gate["grader"] == "close" and gate["against"] == BASE
 
     events = admin.fine_tuning.jobs.list_events(job.id, limit=1000).data
     metrics = [e.data for e in events if e.type == "metrics"]
     train_steps = [m for m in metrics if "train_reward_mean" in m]
-    assert sorted(m["step"] for m in train_steps) == [1, 2, 3, 4], metrics
+    assert {m["step"] for m in train_steps} == set(range(1, STEPS + 1)), metrics
     assert all("train_rewards/close/mean" in m and "train_kl" not in m for m in train_steps)
     assert all("train_completions/mean_length" in m for m in train_steps)
     assert any("valid_reward_mean" in m for m in metrics), metrics  # every eval_interval steps
     messages = [e.message for e in events]
     assert any("Reward on 2 held-out prompts" in m for m in messages), messages
+    assert any(m.startswith("Eval gate ") for m in messages), messages
+    assert f"Job resumed: queued to continue from step {step}" in messages
 
 
 def test_unsupported_or_unsafe_reinforcement_settings_are_refused_by_name(admin, samples):

@@ -36,6 +36,13 @@ PICKY = {
 }
 
 
+LENGTH = {
+    "type": "python",
+    "name": "length",
+    "source": "def grade(sample, item):\n    return len(sample['output_text']) / 10\n",
+}
+
+
 def errors_of(document: dict) -> list[str]:
     with pytest.raises(ConfigError) as caught:
         parse_config(document)
@@ -220,3 +227,24 @@ def test_vllm_colocate_generation_is_for_a_gpu_and_a_bf16_base(monkeypatch):
         "vllm_mode": "colocate",
         "vllm_gpu_memory_utilization": 0.3,
     }
+
+
+def test_reinforcement_trains_an_nf4_base(tiny_config, shapes):
+    """QLoRA: the answers are sampled (no grad) from the NF4 base with the adapter on, then the
+    LoRA weights still get gradients: after two steps no LoRA B matrix is zero."""
+    from train_helpers import lora_tensors
+
+    train, held_out = image_prompts(shapes)
+    config = tiny_config(
+        method="reinforcement",
+        base={"quantization": "bnb-nf4"},
+        data={"train_file": str(train), "eval_file": str(held_out)},
+        training={"max_steps": 2},
+        # the answers' lengths in characters differ, so every group has an advantage
+        reinforcement={"grader": LENGTH, "generations": 2, "max_completion_tokens": 4},
+        eval={"generation_examples": 0},
+        output={"register_adapter": False},
+    )
+    result = run_training(config)
+    b_tensors = {k: v for k, v in lora_tensors(result.adapter_dir).items() if "lora_B" in k}
+    assert b_tensors and all(tensor.abs().sum() > 0 for tensor in b_tensors.values())
